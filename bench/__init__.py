@@ -1,0 +1,1 @@
+"""Benchmarks: each prints kubegate's figure beside its baseline, measured in the same run."""

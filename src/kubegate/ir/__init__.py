@@ -1,0 +1,1 @@
+"""The routing model, free of Kubernetes types (imports nothing from the project)."""
