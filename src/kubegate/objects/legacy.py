@@ -111,3 +111,24 @@ def to_v1(legacy: LegacyIngress) -> Ingress:
         ),
         status=legacy.status,
     )
+
+
+_V1_TO_LEGACY = (
+    # longest first: the first matching v1 suffix decides
+    (".backend.service.port.number", ".backend.servicePort"),
+    (".backend.service.port.name", ".backend.servicePort"),
+    (".backend.service.port", ".backend.servicePort"),
+    (".backend.service.name", ".backend.serviceName"),
+    (".backend.service", ".backend.serviceName"),
+)
+
+
+def legacy_field(field: str) -> str:
+    """The field path a legacy manifest spells for a v1 field path (errors must name what the user wrote)."""
+    if field.startswith("spec.defaultBackend"):
+        field = "spec.backend" + field.removeprefix("spec.defaultBackend")
+    for v1, legacy in _V1_TO_LEGACY:
+        if v1 in field:
+            head, _, tail = field.partition(v1)
+            return head + legacy + tail
+    return field
