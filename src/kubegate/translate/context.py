@@ -27,9 +27,11 @@ class Pool:
     namespaces: tuple[str, ...] = ()
     service_classes: tuple[str, ...] = ()
     auto_assign: bool = True
+    # MetalLB's avoidBuggyIPs: never hand out IPv4 addresses ending in .0 or .255
+    avoid_buggy_ips: bool = False
 
 
-EMBEDDED_POOL = Pool(name="embedded", addresses=("127.0.100.0/24",))
+EMBEDDED_POOL = Pool(name="embedded", addresses=("127.0.100.0/24",), avoid_buggy_ips=True)
 
 
 @dataclass(frozen=True, slots=True)
