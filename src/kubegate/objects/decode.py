@@ -157,6 +157,7 @@ def _reword(error: msgspec.ValidationError, document: object) -> DecodeError:
     raw_path = match.group("path") if match else ""
     about_key = bool(match and match.group("key"))
     message = text[: match.start()] if match else text
+    value_at: tuple[bool, object] | None = None
     if raw_path.endswith("[...]"):
         # a dict value (labels, annotations, data): find the key whose value has the wrong type
         raw_path = raw_path.removesuffix("[...]")
@@ -165,6 +166,7 @@ def _reword(error: msgspec.ValidationError, document: object) -> DecodeError:
             bad = next((k for k, v in mapping.items() if not isinstance(v, str)), None)
             if bad is not None:
                 raw_path += f"[{bad}]"
+                value_at = (True, mapping[bad])
     field = raw_path.lstrip(".")
     if missing := _MISSING.match(message):
         return DecodeError(f"{field}.{missing['name']}" if field else missing["name"], "required")
@@ -172,7 +174,7 @@ def _reword(error: msgspec.ValidationError, document: object) -> DecodeError:
         want = _expected(expected["expected"])
         if about_key:
             return DecodeError(field, f"keys must be {want}")
-        found, value = _lookup(document, raw_path)
+        found, value = value_at or _lookup(document, raw_path)
         got = describe(value) if found else _expected(expected["got"] or "value")
         return DecodeError(field, f"expected {want}, got {got}")
     return DecodeError(field, message[:1].lower() + message[1:])
