@@ -236,7 +236,7 @@ def test_documents_that_are_not_objects(in_tmp: Path) -> None:
     assert messages(load_paths(["odd.yaml"])) == [
         "odd.yaml:1: expected an object (a mapping with apiVersion and kind), got a list",
         'odd.yaml:4: expected an object (a mapping with apiVersion and kind), got a string "plain scalar"',
-        "odd.yaml:6 Service default/ apiVersion: required",
+        "odd.yaml:6 Service (without a name) apiVersion: required",
     ]
 
 

@@ -49,7 +49,8 @@ class Problem:
         if not self.origin.line and self.origin.document:
             parts[0] += f" (document {self.origin.document})"
         if self.object is not None:
-            parts.append(str(self.object))
+            unnamed = not self.object.name
+            parts.append(f"{self.object.kind} (without a name)" if unnamed else str(self.object))
         if self.field:
             parts.append(f"{self.field}: {self.message}")
         else:
