@@ -312,3 +312,30 @@ def test_unreadable_subdirectory_does_not_stop_the_rest(in_tmp: Path) -> None:
         assert keys(load_paths(["d"])) == ["Secret default/s"]
     finally:
         locked.chmod(0o700)
+
+
+def test_keys_given_twice_are_warned_about_and_the_last_one_counts(in_tmp: Path) -> None:
+    write(
+        in_tmp,
+        "twice.yaml",
+        """
+        apiVersion: v1
+        kind: Service
+        metadata:
+          name: a
+        spec:
+          ports: [{port: 80}]
+        spec:
+          type: ExternalName
+          externalName: db.example.com
+          type: NodePort
+        """,
+    )
+    result = load_paths(["twice.yaml"])
+    assert messages(result) == [
+        "twice.yaml:7 warning: Service default/a spec: given twice (first at line 5); the last one is used",
+        "twice.yaml:10 warning: Service default/a spec.type: given twice (first at line 8); the last one is used",  # noqa: E501 (whole messages read better)
+        # the error points into the spec that counts, the last one, which has no ports
+        "twice.yaml:7 Service default/a spec.ports: required: a Service needs at least one port"
+        " (unless headless or ExternalName)",
+    ]

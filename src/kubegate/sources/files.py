@@ -19,7 +19,7 @@ from kubegate.objects.decode import DecodeError, UnknownKind, check_object
 from kubegate.objects.kinds import KubeObject
 from kubegate.objects.meta import ObjectKey, Origin
 from kubegate.objects.snapshot import Snapshot
-from kubegate.sources.yamlload import YAMLSyntaxError, document_node, documents, node_line
+from kubegate.sources.yamlload import YAMLSyntaxError, document_node, documents, duplicate_keys, node_line
 
 STDIN = "-"
 STDIN_SOURCE = "<stdin>"
@@ -185,6 +185,7 @@ class _Loader:
             return
         try:
             for document in documents(text):
+                self.duplicates(source, document.index, document.data, document.node)
                 self.document(source, document.index, document.data, _constant(document.node))
         except YAMLSyntaxError as error:
             self.problem(Origin(source, 0, error.line), None, "", _with_column(error))
@@ -210,6 +211,23 @@ class _Loader:
 
         if data is not None:
             self.document(source, 0, data, node)
+
+    def duplicates(self, source: str, index: int, data: object, node: yaml.Node) -> None:
+        for field, line, first in duplicate_keys(node):
+            key = _raw_key(data)
+            if field.startswith("items[") and isinstance(data, dict) and isinstance(data.get("items"), list):
+                position = int(field[len("items[") : field.index("]")])
+                if position < len(data["items"]):
+                    key = _raw_key(data["items"][position])
+            self.problems.append(
+                Problem(
+                    Origin(source, index, line),
+                    key,
+                    field,
+                    f"given twice (first at line {first}); the last one is used",
+                    "warning",
+                )
+            )
 
     def document(self, source: str, index: int, data: object, node: Callable[[], yaml.Node | None]) -> None:
         def line(field: str) -> int:

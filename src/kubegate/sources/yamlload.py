@@ -134,14 +134,42 @@ def node_line(node: yaml.Node, field: str) -> int:
             current = current.value[segment]
             line = current.start_mark.line + 1
         elif isinstance(current, yaml.MappingNode):
-            for key, value in current.value:
-                if isinstance(key, yaml.ScalarNode) and key.value == str(segment):
-                    # The key's line, not the value's: a nested mapping's value starts a line below.
-                    line = key.start_mark.line + 1
-                    current = value
-                    break
-            else:
+            # the last match: a key given twice has its last value, as when the document was loaded
+            matches = [
+                (key, value)
+                for key, value in current.value
+                if isinstance(key, yaml.ScalarNode) and key.value == str(segment)
+            ]
+            if not matches:
                 return line
+            key, current = matches[-1]
+            # the key's line, not the value's: a nested mapping's value starts a line below
+            line = key.start_mark.line + 1
         else:
             return line
     return line
+
+
+def duplicate_keys(node: yaml.Node) -> list[tuple[str, int, int]]:
+    """Mapping keys given twice, as (field path, line, line of the first): YAML keeps the last silently,
+    which drops a whole block a user meant to keep."""
+    found: list[tuple[str, int, int]] = []
+    stack: list[tuple[yaml.Node, str]] = [(node, "")]
+    while stack:
+        current, path = stack.pop()
+        if isinstance(current, yaml.MappingNode):
+            first_lines: dict[str, int] = {}
+            for key, value in current.value:
+                if not isinstance(key, yaml.ScalarNode):
+                    continue
+                field = f"{path}.{key.value}" if path else str(key.value)
+                line = key.start_mark.line + 1
+                if key.value in first_lines:
+                    found.append((field, line, first_lines[key.value]))
+                else:
+                    first_lines[key.value] = line
+                stack.append((value, field))
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend((item, f"{path}[{index}]") for index, item in enumerate(current.value))
+    found.sort(key=lambda entry: entry[1])
+    return found
