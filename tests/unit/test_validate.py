@@ -55,6 +55,7 @@ VALID: list[tuple[Base, str, object]] = [
     (service, "spec.sessionAffinity", "ClientIP"),
     (service, "spec.externalIPs", ["192.0.2.10", "2001:db8::1"]),
     (service, "spec.loadBalancerSourceRanges", ["10.0.0.0/8"]),
+    (service, "spec.externalIPs", ["192.0.2.10"]),
     (node_port_service, "spec.type", "LoadBalancer"),
     (node_port_service, "spec.externalTrafficPolicy", "Cluster"),
     (node_port_service, "spec.ports[0].nodePort", 1),
@@ -126,7 +127,7 @@ INVALID: list[tuple[Base, str, object, str, str]] = [
     # Service type and addresses
     (service, "spec.type", "Ingress", "spec.type", "ClusterIP, NodePort, LoadBalancer, ExternalName"),
     (service, "spec.type", "ExternalName", "spec.externalName", "required"),
-    (service, "spec.clusterIP", "10.96.0.300", "spec.clusterIP", "'None' or an IP address"),
+    (service, "spec.clusterIP", "10.96.0.300", "spec.clusterIP", "'None' (headless) or an IP address"),
     (node_port_service, "spec.clusterIP", "None", "spec.clusterIP", "only allowed for type ClusterIP"),
     (service, "spec.loadBalancerIP", "lb.example.com", "spec.loadBalancerIP", "not a valid IP"),
     (service, "spec.externalIPs", ["192.0.2.1", "nope"], "spec.externalIPs[1]", "not a valid IP"),
@@ -365,3 +366,10 @@ def test_path_rules(path: str, path_type: str, ok: bool) -> None:
 )
 def test_port_name_rules(name: str, ok: bool) -> None:
     assert (port_name(name) is None) == ok
+
+
+def test_external_traffic_policy_allowed_with_external_ips() -> None:
+    # the API server calls a ClusterIP Service with externalIPs externally accessible
+    document = with_field(service(), "spec.externalTrafficPolicy", "Local")
+    assert [f for f, _ in problems(document)] == ["spec.externalTrafficPolicy"]
+    assert problems(with_field(document, "spec.externalIPs", ["192.0.2.10"])) == []

@@ -251,11 +251,8 @@ def _service(errors: _Errors, service: Service) -> None:
             "spec.ports", "required: a Service needs at least one port (unless headless or ExternalName)"
         )
 
-    if spec.cluster_ip and not headless:
-        errors.check(
-            "spec.clusterIP",
-            ip_address(spec.cluster_ip) and f"{spec.cluster_ip!r} must be 'None' or an IP address",
-        )
+    if spec.cluster_ip and not headless and _ip(spec.cluster_ip) is None:
+        errors.add("spec.clusterIP", f"{spec.cluster_ip!r} must be 'None' (headless) or an IP address")
     if headless and spec.type != "ClusterIP":
         errors.add("spec.clusterIP", f"'None' (headless) is only allowed for type ClusterIP, not {spec.type}")
     for index, cluster_ip in enumerate(spec.cluster_ips):
@@ -280,10 +277,12 @@ def _service(errors: _Errors, service: Service) -> None:
                 f"{timeout} is out of range: must be between 1 and 86400 seconds",
             )
     if spec.external_traffic_policy:
-        if not exposed:
+        # "externally accessible", as the API server defines it: node ports, or external IPs
+        accessible = exposed or (spec.type == "ClusterIP" and bool(spec.external_ips))
+        if not accessible:
             errors.add(
                 "spec.externalTrafficPolicy",
-                f"may only be set for type NodePort or LoadBalancer, not {spec.type}",
+                f"may only be set for type NodePort or LoadBalancer or with externalIPs, not {spec.type}",
             )
         else:
             errors.check(
@@ -545,9 +544,10 @@ def _ingress_class(errors: _Errors, ingress_class: IngressClass) -> None:
         errors.add("spec.controller", "must be at most 250 characters")
     else:
         domain = controller.partition("/")[0]
-        errors.check(
-            "spec.controller", dns1123_subdomain(domain) and f"{controller!r} must start with a domain"
-        )
+        if dns1123_subdomain(domain) is not None:
+            errors.add(
+                "spec.controller", f"{controller!r} must start with a domain, as in 'example.com/ingress'"
+            )
 
 
 # --------------------------------------------------------------------------------------------------
