@@ -339,3 +339,26 @@ def test_keys_given_twice_are_warned_about_and_the_last_one_counts(in_tmp: Path)
         "twice.yaml:7 Service default/a spec.ports: required: a Service needs at least one port"
         " (unless headless or ExternalName)",
     ]
+
+
+def test_default_class_annotation_other_than_true_is_a_warning(in_tmp: Path) -> None:
+    write(
+        in_tmp,
+        "class.yaml",
+        """
+        apiVersion: networking.k8s.io/v1
+        kind: IngressClass
+        metadata:
+          name: kubegate
+          annotations:
+            ingressclass.kubernetes.io/is-default-class: "True"
+        spec:
+          controller: kubegate.dev/ingress
+        """,
+    )
+    result = load_paths(["class.yaml"])
+    assert messages(result) == [
+        "class.yaml:6 warning: IngressClass kubegate metadata.annotations[ingressclass.kubernetes.io/is-default-class]:"  # noqa: E501 (whole messages read better)
+        " 'True' does not mark the default class: only the exact value \"true\" does"
+    ]
+    assert keys(result) == ["IngressClass /kubegate"]  # loaded all the same

@@ -25,6 +25,10 @@ from tests.unit.manifests import (
 Base = Callable[[], dict[str, Any]]
 
 
+def ingress_with_class() -> dict[str, Any]:
+    return with_field(ingress(), "spec.ingressClassName", "kubegate")
+
+
 def problems(document: dict[str, Any]) -> list[tuple[str, str]]:
     _, errors = check_object(document)
     return [(e.field, e.message) for e in errors]
@@ -67,6 +71,7 @@ VALID: list[tuple[Base, str, object]] = [
     (pod, "status.podIP", "127.0.0.1"),
     (pod, "status.podIPs", [{"ip": "10.0.0.5"}, {"ip": "fd00::5"}]),
     (ingress, "spec.rules[0].host", "*.example.com"),
+    (ingress, "metadata.annotations", {"kubernetes.io/ingress.class": "kubegate"}),  # without the field
     (ingress, "spec.rules[0].host", DELETE),
     (ingress, "spec.rules[0].http", DELETE),
     (ingress, "spec.rules[0].http.paths[0].pathType", "Exact"),
@@ -105,7 +110,7 @@ INVALID: list[tuple[Base, str, object, str, str]] = [
     (service, "spec.ports[0].port", 0, "spec.ports[0].port", "between 1 and 65535"),
     (service, "spec.ports[0].port", 65536, "spec.ports[0].port", "between 1 and 65535"),
     (service, "spec.ports[0].targetPort", 70000, "spec.ports[0].targetPort", "between 1 and 65535"),
-    (service, "spec.ports[0].targetPort", "8080", "spec.ports[0].targetPort", "at least one letter"),
+    (service, "spec.ports[0].targetPort", "8080", "spec.ports[0].targetPort", "write 8080 without quotes"),
     (
         service,
         "spec.ports[0].targetPort",
@@ -262,6 +267,13 @@ INVALID: list[tuple[Base, str, object, str, str]] = [
         "DNS-1035",
     ),
     (ingress, "spec.ingressClassName", "Kube_Gate", "spec.ingressClassName", "DNS-1123 subdomain"),
+    (
+        ingress_with_class,
+        "metadata.annotations",
+        {"kubernetes.io/ingress.class": "kubegate"},
+        "metadata.annotations[kubernetes.io/ingress.class]",
+        "not be set when spec.ingressClassName is set",
+    ),
     # IngressClass, Secret
     (ingress_class, "spec.controller", DELETE, "spec.controller", "required"),
     (ingress_class, "spec.controller", "Not A Domain/x", "spec.controller", "must start with a domain"),

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from kubegate.objects.kinds import (
+    DEFAULT_CLASS_ANNOTATION,
+    LEGACY_CLASS_ANNOTATION,
     PATH_TYPES,
     TLS_SECRET_TYPE,
     Endpoints,
@@ -123,7 +125,8 @@ def port_name(value: str) -> str | None:
     if "--" in value:
         return f"{value!r} is not a valid port name: '-' must not be next to another '-'"
     if not any(c.isalpha() for c in value):
-        return f"{value!r} is not a valid port name: it must contain at least one letter"
+        hint = f" (for the number, write {value} without quotes)" if value.isdigit() else ""
+        return f"{value!r} is not a valid port name: it must contain at least one letter{hint}"
     return None
 
 
@@ -506,6 +509,12 @@ def _ingress(errors: _Errors, ingress: Ingress) -> None:
     spec = ingress.spec
     if spec.ingress_class_name is not None:
         errors.check("spec.ingressClassName", dns1123_subdomain(spec.ingress_class_name))
+        if LEGACY_CLASS_ANNOTATION in ingress.metadata.annotations:
+            # the API server refuses both on create: which class is meant would be ambiguous
+            errors.add(
+                f"metadata.annotations[{LEGACY_CLASS_ANNOTATION}]",
+                "must not be set when spec.ingressClassName is set",
+            )
     if not spec.rules and spec.default_backend is None:
         errors.add("spec", "an Ingress needs rules or a defaultBackend")
     if spec.default_backend is not None:
@@ -568,6 +577,21 @@ def _secret(errors: _Errors, secret: Secret) -> None:
         for key in ("tls.crt", "tls.key"):
             if key not in secret.data:
                 errors.add(f"data[{key}]", f"required in a Secret of type {TLS_SECRET_TYPE}")
+
+
+def warnings(obj: KubeObject) -> list[FieldError]:
+    """What the API server accepts but is probably not what the author meant."""
+    found: list[FieldError] = []
+    if isinstance(obj, IngressClass):
+        value = obj.metadata.annotations.get(DEFAULT_CLASS_ANNOTATION)
+        if value is not None and value not in ("true", "false"):
+            found.append(
+                FieldError(
+                    f"metadata.annotations[{DEFAULT_CLASS_ANNOTATION}]",
+                    f'{value!r} does not mark the default class: only the exact value "true" does',
+                )
+            )
+    return found
 
 
 def validate(obj: KubeObject) -> list[FieldError]:

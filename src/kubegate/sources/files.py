@@ -19,6 +19,7 @@ from kubegate.objects.decode import DecodeError, UnknownKind, check_object
 from kubegate.objects.kinds import KubeObject
 from kubegate.objects.meta import ObjectKey, Origin
 from kubegate.objects.snapshot import Snapshot
+from kubegate.objects.validate import warnings
 from kubegate.sources.yamlload import YAMLSyntaxError, document_node, documents, duplicate_keys, node_line
 
 STDIN = "-"
@@ -268,6 +269,11 @@ class _Loader:
                 field = _join(prefix, field_error.field)
                 self.problem(Origin(source, index, line(field)), key, field, field_error.message)
             return
+        for warning in warnings(obj):
+            field = _join(prefix, warning.field)
+            self.problems.append(
+                Problem(Origin(source, index, line(field)), key, field, warning.message, "warning")
+            )
         first = self.seen.get(key)
         if first is not None:
             self.problem(
