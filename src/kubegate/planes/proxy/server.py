@@ -1,0 +1,796 @@
+"""The client side and the public API of the built-in HTTP/1.1 data plane.
+
+``ProxyServer`` listens, routes with the current compiled table and forwards. One ``ClientConnection``
+per accepted socket parses requests with httptools; each request is proxied by one task, in order
+(pipelined requests wait their turn, with reading paused). Bodies in both directions go through as they
+arrive, with back-pressure: when one side's write buffer passes the high-water mark the other side's
+reading is paused until it drains, so memory stays bounded by a few buffers per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+import httptools
+
+from kubegate.ir.model import Backend, EndpointTable, RoutingTable
+from kubegate.planes.proxy.balance import Address, Clusters, Health, hash_key
+from kubegate.planes.proxy.forward import UpstreamConnection, connect
+from kubegate.planes.proxy.http import (
+    CONTINUE_100,
+    FORWARDING,
+    HOP_BY_HOP,
+    ProxySettings,
+    TrustedNetworks,
+    connection_tokens,
+    error_response,
+    status_line,
+)
+from kubegate.planes.proxy.pool import UpstreamPool
+from kubegate.planes.proxy.router import BadPath, Match, Router
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRecord:
+    client: str
+    method: str
+    path: str
+    host: str
+    status: int
+    bytes: int
+    duration: float
+    upstream: str
+
+
+AccessLog = Callable[[AccessRecord], None]
+
+
+@dataclass(slots=True)
+class ProxyStats:
+    requests: int = 0
+    connections: int = 0
+    # the largest write buffer (plus bytes held for a not-yet-connected upstream) seen on any transport
+    max_buffered: int = 0
+    status_counts: dict[int, int] = field(default_factory=dict)
+
+
+class _Published:
+    """One version of what requests are routed by; a request keeps the one it started with."""
+
+    __slots__ = ("clusters", "router")
+
+    def __init__(self, router: Router, clusters: Clusters) -> None:
+        self.router = router
+        self.clusters = clusters
+
+
+class _Request:
+    __slots__ = (
+        "body_done",
+        "body_limit",
+        "body_received",
+        "chunked",
+        "content_length",
+        "error",
+        "expect_continue",
+        "headers",
+        "host",
+        "keep_alive",
+        "match",
+        "method",
+        "pending",
+        "pending_size",
+        "published",
+        "started",
+        "target",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(self, published: _Published) -> None:
+        self.published = published
+        self.target = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.method = "GET"
+        self.version = "1.1"
+        self.host = ""
+        self.keep_alive = True
+        self.upgrade: bytes | None = None
+        self.chunked = False
+        self.content_length = 0
+        self.expect_continue = False
+        self.error: tuple[int, str] | None = None
+        self.match: Match | None = None
+        self.body_limit = 0
+        self.body_received = 0
+        self.body_done = False
+        self.pending: list[bytes] = []
+        self.pending_size = 0
+        self.started = time.monotonic()
+
+
+_PAUSE_UPSTREAM_FULL = 1
+_PAUSE_PENDING = 2
+_PAUSE_QUEUE = 4
+
+
+class _Failed(Exception):
+    def __init__(self, reason: str, timeout: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.timeout = timeout
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.settings = server.settings
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.local_port = 0
+        self.parser = httptools.HttpRequestParser(self)
+        self.parsing: _Request | None = None
+        self.active: _Request | None = None
+        self.queue: deque[_Request] = deque()
+        self.header_bytes = 0
+        self.broken = False
+        self.closed = False
+        self.paused = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.in_headers = False
+        # the exchange in progress
+        self.upstream: UpstreamConnection | None = None
+        self.forwarding = False
+        self.done: asyncio.Future[bool] | None = None
+        self.resp_started = False
+        self.resp_chunked = False
+        self.resp_status = 0
+        self.resp_bytes = 0
+        self.resp_keep_alive = True
+        self.tunnel = False
+        self.tunnel_pending: list[bytes] = []
+        self.upgrading = False
+
+    # --- connection -------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the interface without subclassing asyncio.Transport
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=self.settings.write_buffer_high)
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else "unix"
+        sock = transport.get_extra_info("sockname")
+        self.local_port = sock[1] if isinstance(sock, tuple) else 0
+        server = self.server
+        if len(server.connections) >= self.settings.max_connections:
+            transport.write(error_response(503, "too many connections", close=True))
+            transport.close()
+            self.closed = True
+            return
+        server.connections.add(self)
+        server.stats.connections += 1
+        self._arm(self.settings.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        self._disarm()
+        if self.upstream is not None:
+            self.upstream.abort()
+            self.upstream = None
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(_Failed("client went away", False))
+
+    def idle(self) -> bool:
+        return self.active is None and not self.in_headers
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def _arm(self, timeout: float) -> None:
+        self._disarm()
+        self.timer = self.loop.call_later(timeout, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.transport is None or self.closed:
+            return
+        if self.in_headers:
+            self.transport.write(error_response(408, "request header timeout", close=True))
+        self.close()
+
+    def _pause(self, reason: int) -> None:
+        if not self.paused and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel:
+            if self.upstream is not None:
+                self.upstream.write(data)
+            return
+        if self.upgrading:
+            self.tunnel_pending.append(data)
+            return
+        if self.broken:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            offset = upgrade.args[0] if upgrade.args else len(data)
+            self.upgrading = True
+            if offset < len(data):
+                self.tunnel_pending.append(data[offset:])
+        except httptools.HttpParserError as exc:
+            self._malformed(f"malformed request: {exc}")
+
+    def _malformed(self, message: str, status: int = 400) -> None:
+        self.broken = True
+        req = self.parsing
+        if req is not None and (req is self.active or req in self.queue):
+            # the request is already queued or being proxied: never let its rest reach the upstream;
+            # answer with the error if nothing went out yet
+            req.error = (status, message)
+            req.keep_alive = False
+            if req is self.active:
+                self.resp_keep_alive = False
+                if self.upstream is not None:
+                    self.upstream.abort()
+                    self.upstream = None
+                if self.done is not None and not self.done.done():
+                    self.done.set_exception(_Failed(message, False))
+            return
+        failed = _Request(self.server.published)
+        failed.error = (status, message)
+        failed.keep_alive = False
+        self._enqueue(failed)
+
+    # --- parser callbacks -------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.parsing = _Request(self.server.published)
+        self.header_bytes = 0
+        self.in_headers = True
+        self._arm(self.settings.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        req = self.parsing
+        assert req is not None
+        req.target += url
+        self.header_bytes += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        req = self.parsing
+        assert req is not None
+        if not self.in_headers:
+            return  # trailers of a chunked body are not forwarded
+        self.header_bytes += len(name) + len(value) + 4
+        req.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        req = self.parsing
+        assert req is not None
+        self.in_headers = False
+        self._disarm()
+        parser = self.parser
+        req.method = parser.get_method().decode("ascii", "replace")
+        req.version = parser.get_http_version()
+        req.keep_alive = parser.should_keep_alive()
+        settings = self.settings
+        if self.header_bytes > settings.max_header_bytes or len(req.headers) > settings.max_headers:
+            req.error = (431, "request header fields too large")
+        else:
+            self._inspect(req)
+        if req.error is not None:
+            req.keep_alive = False
+            self.broken = True
+        self._enqueue(req)
+
+    def _inspect(self, req: _Request) -> None:
+        hosts = 0
+        host = b""
+        for name, value in req.headers:
+            lname = name.lower()
+            if lname == b"host":
+                hosts += 1
+                host = value
+            elif lname == b"content-length":
+                req.content_length = int(value)
+            elif lname == b"transfer-encoding":
+                req.chunked = True
+            elif lname == b"expect" and value.lower() == b"100-continue":
+                req.expect_continue = True
+            elif lname == b"upgrade" and self.parser.should_upgrade():
+                req.upgrade = value
+        if req.version not in ("1.1", "1.0"):
+            req.error = (400, f"unsupported HTTP version {req.version}")
+            return
+        if hosts > 1 or (hosts == 0 and req.version == "1.1"):
+            req.error = (400, "exactly one Host header is required")
+            return
+        req.host = host.decode("latin-1")
+        try:
+            req.match = req.published.router.match(req.host, req.target.decode("latin-1"))
+        except BadPath as exc:
+            req.error = (400, str(exc))
+            return
+        route = req.match.route if req.match is not None else None
+        limit = route.options.max_body_size if route is not None else None
+        req.body_limit = self.settings.max_body_size if limit is None else limit
+        if req.body_limit and req.content_length > req.body_limit:
+            req.error = (413, "request body too large")
+
+    def on_body(self, body: bytes) -> None:
+        req = self.parsing
+        assert req is not None
+        req.body_received += len(body)
+        if req.body_limit and req.body_received > req.body_limit:
+            self._malformed("request body too large", 413)
+            return
+        if req is self.active and self.forwarding and self.upstream is not None:
+            upstream = self.upstream
+            upstream.write(b"%x\r\n%b\r\n" % (len(body), body) if req.chunked else body)
+            buffered = upstream.buffered()
+            self.server.stats.max_buffered = max(self.server.stats.max_buffered, buffered)
+            return
+        req.pending.append(body)
+        req.pending_size += len(body)
+        self.server.stats.max_buffered = max(self.server.stats.max_buffered, req.pending_size)
+        if req.pending_size > self.settings.write_buffer_high:
+            self._pause(_PAUSE_PENDING)
+
+    def on_message_complete(self) -> None:
+        req = self.parsing
+        assert req is not None
+        req.body_done = True
+        self.parsing = None
+        if req is self.active and self.forwarding and self.upstream is not None and req.chunked:
+            self.upstream.write(b"0\r\n\r\n")
+
+    # --- request queue ----------------------------------------------------------------------------
+    def _enqueue(self, req: _Request) -> None:
+        if self.active is None:
+            self._start(req)
+        else:
+            self.queue.append(req)
+            self._pause(_PAUSE_QUEUE)
+
+    def _start(self, req: _Request) -> None:
+        self.active = req
+        self.loop.create_task(self._proxy(req))
+
+    def _finished(self, keep_alive: bool) -> None:
+        self.active = None
+        if self.closed:
+            return
+        if not keep_alive or self.server.draining:
+            self.close()
+            return
+        if self.queue:
+            nxt = self.queue.popleft()
+            if not self.queue:
+                self._resume(_PAUSE_QUEUE)
+            self._start(nxt)
+        else:
+            self._resume(_PAUSE_QUEUE)
+            if not self.in_headers:
+                self._arm(self.settings.keepalive_timeout)
+
+    # --- one exchange -----------------------------------------------------------------------------
+    def _send_error(self, req: _Request, status: int, message: str, close: bool) -> None:
+        if self.transport is not None and not self.closed:
+            data = error_response(status, message, close=close, head=req.method == "HEAD")
+            self.transport.write(data)
+            self.resp_bytes = len(data)
+        self.resp_started = True
+        self.resp_status = status
+
+    async def _proxy(self, req: _Request) -> None:
+        self.resp_started = False
+        self.resp_bytes = 0
+        self.resp_status = 0
+        self.resp_keep_alive = req.keep_alive
+        upstream_label = ""
+        try:
+            upstream_label = await self._exchange(req)
+        except Exception as exc:  # a bug must cost one request, never the server
+            self.server.report_error(exc)
+            if not self.resp_started:
+                self._send_error(req, 500, "internal error", True)
+            self.resp_keep_alive = False
+        finally:
+            self.upstream = None
+            self.forwarding = False
+            self.done = None
+            self._resume(_PAUSE_UPSTREAM_FULL | _PAUSE_PENDING)
+        if req.error is not None and not self.resp_started:
+            self._send_error(req, req.error[0], req.error[1], True)
+            self.resp_keep_alive = False
+        if not req.body_done:
+            # the rest of the request body cannot be told apart from a next request
+            self.resp_keep_alive = False
+        self.server.record(self, req, upstream_label)
+        self._finished(self.resp_keep_alive)
+
+    async def _exchange(self, req: _Request) -> str:
+        if req.error is not None:
+            self._send_error(req, req.error[0], req.error[1], True)
+            self.resp_keep_alive = False
+            return ""
+        match = req.match
+        if match is None:
+            self._send_error(req, 404, "no route for this host and path", not req.keep_alive)
+            return ""
+        backend = _choose_backend(match.backend_choices)
+        clusters = req.published.clusters
+        balancer = clusters.balancer(backend.cluster)
+        cluster = clusters.clusters.get(backend.cluster)
+        if balancer is None and cluster is not None and cluster.external_name:
+            candidates: list[Address] = [(cluster.external_name, cluster.port)]
+        else:
+            candidates = []
+        if (balancer is None and not candidates) or (balancer is not None and not balancer.addresses):
+            self._send_error(req, 503, "no ready endpoint for this service", not req.keep_alive)
+            return ""
+        key = None
+        if cluster is not None and cluster.balance == "hash" and cluster.hash_by:
+            key = hash_key(cluster.hash_by, self.peer, req.headers, req.target.decode("latin-1"))
+        head = self._request_head(req, match)
+        settings = self.settings
+        pool = self.server.pool
+        health = self.server.health
+        tried: list[Address] = []
+        failure = (502, "could not connect to the upstream")
+        attempts = settings.retries + 1
+        while attempts > 0:
+            attempts -= 1
+            if candidates:
+                address: Address | None = candidates[0] if not tried else None
+            else:
+                assert balancer is not None
+                address = balancer.pick(key, tuple(tried))
+            if address is None:
+                break
+            conn = pool.take(address)
+            if conn is None:
+                try:
+                    conn = await connect(address, settings.connect_timeout, settings.write_buffer_high)
+                except (OSError, TimeoutError) as exc:
+                    tried.append(address)
+                    health.failed(address)
+                    timed_out = isinstance(exc, TimeoutError)
+                    failure = (504, "upstream connect timed out") if timed_out else failure
+                    continue
+                pool.count_open(address)
+                health.succeeded(address)
+                reused = False
+            else:
+                reused = True
+                attempts += 1  # a stale pooled connection does not use up a retry
+            if self.closed or req.error is not None:
+                conn.close()
+                return ""
+            if balancer is not None:
+                balancer.started(address)
+            try:
+                outcome = await self._forward(req, conn, head)
+            except _Failed as failed:
+                self.upstream = None
+                conn.abort()
+                if req.error is not None:
+                    return ""
+                if self.closed or self.resp_started:
+                    self.resp_keep_alive = False
+                    return f"{address[0]}:{address[1]}"
+                retryable = req.method in IDEMPOTENT and req.body_received == 0 and not req.chunked
+                if failed.timeout:
+                    failure = (504, "upstream timed out")
+                    retryable = False
+                else:
+                    failure = (502, "upstream failed: " + failed.reason)
+                if not retryable:
+                    break
+                if not reused:
+                    tried.append(address)
+                continue
+            finally:
+                if balancer is not None:
+                    balancer.finished(address)
+            if outcome and req.body_done and conn.usable():
+                pool.put(address, conn)
+            else:
+                conn.close()
+            return f"{address[0]}:{address[1]}"
+        self._send_error(req, failure[0], failure[1], not req.keep_alive)
+        return f"{tried[-1][0]}:{tried[-1][1]}" if tried else ""
+
+    async def _forward(self, req: _Request, conn: UpstreamConnection, head: bytes) -> bool:
+        """Send the request and stream the response; True when the upstream keeps the connection."""
+        self.upstream = conn
+        self.done = self.loop.create_future()
+        conn.begin(self, req.method == "HEAD", self.settings.upstream_read_timeout)
+        conn.write(head)
+        if req.expect_continue and not req.body_done and req.version == "1.1" and self.transport is not None:
+            self.transport.write(CONTINUE_100)
+        if req.pending:
+            body = b"".join(req.pending)
+            req.pending.clear()
+            req.pending_size = 0
+            conn.write(b"%x\r\n%b\r\n" % (len(body), body) if req.chunked and body else body)
+            self._resume(_PAUSE_PENDING)
+        if req.body_done and req.chunked:
+            conn.write(b"0\r\n\r\n")
+        self.forwarding = True
+        return await self.done
+
+    def _request_head(self, req: _Request, match: Match) -> bytes:
+        target = match.rewritten.encode("latin-1") if match.rewritten is not None else req.target
+        parts = [req.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
+        tokens = connection_tokens(req.headers)
+        trusted = self.server.trusted
+        from_trusted = self.peer in trusted
+        incoming: dict[bytes, bytes] = {}
+        route = match.route
+        vhost_override = route.options.upstream_vhost if route is not None else None
+        for name, value in req.headers:
+            lname = name.lower()
+            if lname in HOP_BY_HOP or lname in tokens or lname == b"expect":
+                continue
+            if lname in FORWARDING:
+                if from_trusted:
+                    previous = incoming.get(lname)
+                    incoming[lname] = value if previous is None else previous + b", " + value
+                continue
+            if lname == b"host" and vhost_override:
+                value = vhost_override.encode("latin-1")
+            parts += (name, b": ", value, b"\r\n")
+        if req.version == "1.0" and not req.host and vhost_override is None:
+            parts.append(b"Host: %b\r\n" % (req.host.encode("latin-1") or b"localhost"))
+        peer = self.peer.encode("latin-1")
+        xff = incoming.get(b"x-forwarded-for")
+        parts += (b"X-Forwarded-For: ", xff + b", " + peer if xff else peer, b"\r\n")
+        parts += (b"X-Real-IP: ", trusted.real_client(self.peer, xff).encode("latin-1"), b"\r\n")
+        parts += (b"X-Forwarded-Proto: ", incoming.get(b"x-forwarded-proto", self.server.scheme), b"\r\n")
+        parts += (
+            b"X-Forwarded-Host: ",
+            incoming.get(b"x-forwarded-host", req.host.encode("latin-1")),
+            b"\r\n",
+        )
+        port = incoming.get(b"x-forwarded-port", b"%d" % self.local_port)
+        parts += (b"X-Forwarded-Port: ", port, b"\r\n")
+        if req.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        if req.upgrade is not None:
+            parts += (b"Connection: upgrade\r\nUpgrade: ", req.upgrade, b"\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    # --- ResponseSink: called by the upstream connection --------------------------------------------
+    def upstream_headers(self, status: int, headers: list[tuple[bytes, bytes]], until_close: bool) -> None:
+        req = self.active
+        transport = self.transport
+        if req is None or transport is None or self.closed:
+            return
+        self.resp_status = status
+        tokens = connection_tokens(headers)
+        parts = [status_line(status)]
+        has_length = False
+        for name, value in headers:
+            lname = name.lower()
+            if lname in HOP_BY_HOP or lname in tokens:
+                continue
+            if lname == b"content-length":
+                has_length = True
+            parts += (name, b": ", value, b"\r\n")
+        no_body = req.method == "HEAD" or status in (204, 304) or 100 <= status < 200
+        self.resp_chunked = False
+        if status == 101:
+            upgrade = next((v for n, v in headers if n.lower() == b"upgrade"), b"")
+            parts += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")
+        else:
+            if req.upgrade is not None:
+                self.resp_keep_alive = False  # the client's parser is in upgrade state
+            if not no_body and not has_length:
+                if req.version == "1.1":
+                    self.resp_chunked = True
+                    parts.append(b"Transfer-Encoding: chunked\r\n")
+                else:
+                    self.resp_keep_alive = False
+            if self.server.draining or not req.body_done:
+                self.resp_keep_alive = False
+            if not self.resp_keep_alive:
+                parts.append(b"Connection: close\r\n")
+            elif req.version == "1.0":
+                parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        data = b"".join(parts)
+        self.resp_started = True
+        self.resp_bytes += len(data)
+        transport.write(data)
+
+    def upstream_body(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        self.resp_bytes += len(data)
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.resp_chunked else data)
+        buffered = transport.get_write_buffer_size()
+        self.server.stats.max_buffered = max(self.server.stats.max_buffered, buffered)
+
+    def upstream_complete(self, keep_alive: bool) -> None:
+        if self.resp_chunked and self.transport is not None and not self.closed:
+            self.transport.write(b"0\r\n\r\n")
+            self.resp_bytes += 5
+        if self.done is not None and not self.done.done():
+            self.done.set_result(keep_alive)
+
+    def upstream_failed(self, reason: str, timeout: bool) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(_Failed(reason, timeout))
+
+    def upstream_writable(self, writable: bool) -> None:
+        if writable:
+            self._resume(_PAUSE_UPSTREAM_FULL)
+        else:
+            self._pause(_PAUSE_UPSTREAM_FULL)
+
+    def upstream_upgraded(self, rest: bytes) -> None:
+        self.tunnel = True
+        self.upgrading = False
+        self.resp_keep_alive = False
+        if rest and self.transport is not None:
+            self.transport.write(rest)
+        if self.upstream is not None:
+            for chunk in self.tunnel_pending:
+                self.upstream.write(chunk)
+        self.tunnel_pending.clear()
+
+    def upstream_tunnel_data(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+
+    def eof_received(self) -> bool | None:
+        if self.tunnel and self.upstream is not None and self.upstream.transport is not None:
+            if self.upstream.transport.can_write_eof():
+                self.upstream.transport.write_eof()
+            return True
+        return None
+
+
+def _choose_backend(choices: tuple[Backend, ...]) -> Backend:
+    if len(choices) == 1:
+        return choices[0]
+    total = sum(b.weight for b in choices)
+    if total <= 0:
+        return choices[0]
+    point = random.random() * total
+    for b in choices:
+        point -= b.weight
+        if point < 0:
+            return b
+    return choices[-1]
+
+
+class ProxyServer:
+    """The built-in HTTP/1.1 proxy. Swap tables with update_routing/update_endpoints at any time."""
+
+    def __init__(
+        self,
+        routing: RoutingTable,
+        endpoints: EndpointTable,
+        settings: ProxySettings | None = None,
+        access_log: AccessLog | None = None,
+        scheme: str = "http",
+    ) -> None:
+        self.settings = settings or ProxySettings()
+        self.access_log = access_log
+        self.scheme = scheme.encode("ascii")
+        self.health = Health(self.settings.ejection_base, self.settings.ejection_max)
+        self.pool = UpstreamPool(self.settings.upstream_max_idle, self.settings.upstream_idle_timeout)
+        self.trusted = TrustedNetworks(self.settings.trusted_proxies)
+        self.stats = ProxyStats()
+        self.connections: set[ClientConnection] = set()
+        self.draining = False
+        self.errors: list[BaseException] = []
+        self._routing = routing
+        self._endpoints = endpoints
+        self._router = Router(routing)
+        self.published = _Published(self._router, Clusters(routing, endpoints, self.health))
+        self._servers: list[asyncio.AbstractServer] = []
+
+    # --- tables -----------------------------------------------------------------------------------
+    def update_routing(self, table: RoutingTable) -> None:
+        """Compile and publish a new routing table; requests in flight keep the old one."""
+        router = Router(table)
+        self._routing = table
+        self._router = router
+        self.published = _Published(router, Clusters(table, self._endpoints, self.health))
+
+    def update_endpoints(self, table: EndpointTable) -> None:
+        self._endpoints = table
+        self.published = _Published(self._router, Clusters(self._routing, table, self.health))
+
+    # --- listening --------------------------------------------------------------------------------
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> tuple[str, int]:
+        """Listen; returns the bound (host, port), useful with port 0."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: ClientConnection(self), host, port, reuse_port=reuse_port or None, backlog=1024
+        )
+        self._servers.append(server)
+        sock: socket.socket = server.sockets[0]
+        bound = sock.getsockname()
+        return bound[0], bound[1]
+
+    async def close(self, drain_timeout: float = 10.0) -> None:
+        """Stop accepting, let requests in flight finish (up to drain_timeout), then close the rest."""
+        self.draining = True
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections):
+            if conn.idle():
+                conn.close()
+        deadline = time.monotonic() + drain_timeout
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        self.pool.close_all()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+
+    # --- bookkeeping ------------------------------------------------------------------------------
+    def record(self, conn: ClientConnection, req: _Request, upstream: str) -> None:
+        stats = self.stats
+        stats.requests += 1
+        status = conn.resp_status
+        stats.status_counts[status] = stats.status_counts.get(status, 0) + 1
+        if self.access_log is not None:
+            self.access_log(
+                AccessRecord(
+                    client=conn.peer,
+                    method=req.method,
+                    path=req.target.decode("latin-1"),
+                    host=req.host,
+                    status=status,
+                    bytes=conn.resp_bytes,
+                    duration=time.monotonic() - req.started,
+                    upstream=upstream,
+                )
+            )
+
+    def report_error(self, exc: BaseException) -> None:
+        if len(self.errors) < 100:
+            self.errors.append(exc)
