@@ -95,7 +95,7 @@ class EchoProtocol(asyncio.Protocol):
             self.transport.close()
 
 
-async def start_echo(name: str, host: str, port: int) -> asyncio.AbstractServer:
+async def start_echo(name: str, host: str, port: int) -> asyncio.Server:
     """Start listening and return the server (its sockets tell the bound port)."""
     loop = asyncio.get_running_loop()
     return await loop.create_server(lambda: EchoProtocol(name), host, port)

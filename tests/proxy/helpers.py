@@ -119,7 +119,7 @@ def prefix(path: str, cluster: str, **options: Any) -> Route:
     )
 
 
-def port_of(server: asyncio.AbstractServer) -> int:
+def port_of(server: asyncio.Server) -> int:
     port: int = server.sockets[0].getsockname()[1]
     return port
 

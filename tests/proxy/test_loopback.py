@@ -28,3 +28,69 @@ async def test_routes_by_host_and_path_and_rewrites() -> None:
             assert headers["x-forwarded-host"] == "other"
             assert headers["host"] == "other"
             await c.close()
+
+
+async def test_keep_alive_reuses_upstream_connections() -> None:
+    async with echo_backends("a") as ports, proxy(table_for({"": (prefix("/", "a"),)}), {"a": [ports["a"]]}) as (
+        server,
+        port,
+    ):
+        for _ in range(3):
+            c = await Client.connect(port)
+            for i in range(5):
+                c.send(get(f"/r{i}"))
+                r = await c.response()
+                assert r.status == 200
+                assert r.json()["path"] == f"/r{i}"
+            await c.close()
+        assert server.pool.opened == {("127.0.0.1", ports["a"]): 1}
+        assert server.stats.requests == 15
+
+
+async def test_pipelined_requests_answer_in_order() -> None:
+    async with echo_backends("a") as ports, proxy(table_for({"": (prefix("/", "a"),)}), {"a": [ports["a"]]}) as (
+        _,
+        port,
+    ):
+        c = await Client.connect(port)
+        c.send(get("/one") + get("/two") + get("/three"))
+        paths = [(await c.response()).json()["path"] for _ in range(3)]
+        assert paths == ["/one", "/two", "/three"]
+        await c.close()
+
+
+async def test_http10_client_is_closed_unless_keep_alive() -> None:
+    async with echo_backends("a") as ports, proxy(table_for({"": (prefix("/", "a"),)}), {"a": [ports["a"]]}) as (
+        _,
+        port,
+    ):
+        c = await Client.connect(port)
+        c.send(b"GET /old HTTP/1.0\r\n\r\n")
+        r = await c.response()
+        assert r.status == 200 and r.json()["path"] == "/old"
+        assert await c.closed()
+        c = await Client.connect(port)
+        c.send(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        r = await c.response()
+        assert r.header("Connection") == "keep-alive"
+        c.send(b"GET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        assert (await c.response()).json()["path"] == "/b"
+        await c.close()
+
+
+async def test_head_has_no_body_and_connection_stays_usable() -> None:
+    async with echo_backends("a") as ports, proxy(table_for({"": (prefix("/", "a"),)}), {"a": [ports["a"]]}) as (
+        server,
+        port,
+    ):
+        c = await Client.connect(port)
+        c.send(b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n")
+        r = await c.response(head=True)
+        assert r.status == 200
+        assert int(r.header("Content-Length") or 0) > 0
+        c2 = await Client.connect(port)
+        c2.send(get("/after"))
+        assert (await c2.response()).json()["path"] == "/after"
+        assert server.pool.opened == {("127.0.0.1", ports["a"]): 1}
+        await c.close()
+        await c2.close()
