@@ -20,7 +20,10 @@ async def test_content_length_and_chunked_request_bodies() -> None:
         c = await Client.connect(port)
         c.send(b"POST /u HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world")
         assert (await c.response()).json()["body_size"] == 11
-        c.send(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        c.send(
+            b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        )
         body = (await c.response()).json()
         assert body["body_size"] == 11
         names = [n.lower() for n, _ in body["headers"]]
@@ -80,7 +83,9 @@ async def test_chunked_and_close_delimited_responses_are_rechunked() -> None:
             await writer.drain()
             writer.close()
             return
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n"
+        )
         await read_head(reader)
 
     async with raw_backend(chunked) as (bport, _), proxy(ROUTES, {"a": [bport]}) as (_, port):
@@ -111,7 +116,9 @@ async def test_expect_100_continue() -> None:
         assert "expect" not in [n.lower() for n, _ in body["headers"]]
         # too large: refused before the body is sent
         writer2 = await Client.connect(port)
-        writer2.send(b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\nExpect: 100-continue\r\n\r\n")
+        writer2.send(
+            b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\nExpect: 100-continue\r\n\r\n"
+        )
         assert (await writer2.response()).status == 413
         writer.close()
 
@@ -120,16 +127,16 @@ async def test_upgrade_tunnels_bytes_both_ways() -> None:
     async def ws(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await read_head(reader)
         assert b"upgrade: websocket" in head.lower()
-        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nhi")
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nhi"
+        )
         while data := await reader.read(1024):
             writer.write(data.upper())
             await writer.drain()
 
     async with raw_backend(ws) as (bport, _), proxy(ROUTES, {"a": [bport]}) as (_, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(
-            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nearly"
-        )
+        writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nearly")
         head = await asyncio.wait_for(read_head(reader), 5)
         assert head.startswith(b"HTTP/1.1 101")
         async with asyncio.timeout(5):

@@ -31,9 +31,12 @@ async def test_routes_by_host_and_path_and_rewrites() -> None:
 
 
 async def test_keep_alive_reuses_upstream_connections() -> None:
-    async with echo_backends("a") as ports, proxy(table_for({"": (prefix("/", "a"),)}), {"a": [ports["a"]]}) as (
-        server,
-        port,
+    async with (
+        echo_backends("a") as ports,
+        proxy(table_for({"": (prefix("/", "a"),)}), {"a": [ports["a"]]}) as (
+            server,
+            port,
+        ),
     ):
         for _ in range(3):
             c = await Client.connect(port)
@@ -48,9 +51,12 @@ async def test_keep_alive_reuses_upstream_connections() -> None:
 
 
 async def test_pipelined_requests_answer_in_order() -> None:
-    async with echo_backends("a") as ports, proxy(table_for({"": (prefix("/", "a"),)}), {"a": [ports["a"]]}) as (
-        _,
-        port,
+    async with (
+        echo_backends("a") as ports,
+        proxy(table_for({"": (prefix("/", "a"),)}), {"a": [ports["a"]]}) as (
+            _,
+            port,
+        ),
     ):
         c = await Client.connect(port)
         c.send(get("/one") + get("/two") + get("/three"))
@@ -60,9 +66,12 @@ async def test_pipelined_requests_answer_in_order() -> None:
 
 
 async def test_http10_client_is_closed_unless_keep_alive() -> None:
-    async with echo_backends("a") as ports, proxy(table_for({"": (prefix("/", "a"),)}), {"a": [ports["a"]]}) as (
-        _,
-        port,
+    async with (
+        echo_backends("a") as ports,
+        proxy(table_for({"": (prefix("/", "a"),)}), {"a": [ports["a"]]}) as (
+            _,
+            port,
+        ),
     ):
         c = await Client.connect(port)
         c.send(b"GET /old HTTP/1.0\r\n\r\n")
@@ -79,9 +88,12 @@ async def test_http10_client_is_closed_unless_keep_alive() -> None:
 
 
 async def test_head_has_no_body_and_connection_stays_usable() -> None:
-    async with echo_backends("a") as ports, proxy(table_for({"": (prefix("/", "a"),)}), {"a": [ports["a"]]}) as (
-        server,
-        port,
+    async with (
+        echo_backends("a") as ports,
+        proxy(table_for({"": (prefix("/", "a"),)}), {"a": [ports["a"]]}) as (
+            server,
+            port,
+        ),
     ):
         c = await Client.connect(port)
         c.send(b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n")
