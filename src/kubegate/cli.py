@@ -1,0 +1,190 @@
+"""The `kubegate` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import msgspec
+
+from kubegate import __version__
+from kubegate.display import endpoints_table, ingresses_table, routes_text, services_table
+from kubegate.ir.dump import dump_translation, translation_dict
+from kubegate.objects.kinds import Ingress, Service
+from kubegate.pipeline import Outcome, load_and_translate
+from kubegate.settings import SettingsError, add_translate_arguments, options_from_args
+from kubegate.sources.files import Problem
+from kubegate.state import StateError
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+_RESOURCES = {
+    "svc": "services",
+    "service": "services",
+    "services": "services",
+    "ing": "ingresses",
+    "ingress": "ingresses",
+    "ingresses": "ingresses",
+    "ep": "endpoints",
+    "endpoints": "endpoints",
+}
+
+
+def _problem_text(problem: Problem) -> str:
+    text = str(problem)
+    return text if problem.severity == "error" else f"warning: {text}"
+
+
+def _problem_json(problem: Problem) -> dict[str, object]:
+    obj = problem.object
+    return {
+        "severity": problem.severity,
+        "file": problem.origin.source,
+        "document": problem.origin.document,
+        "line": problem.origin.line,
+        "object": None if obj is None else {"kind": obj.kind, "namespace": obj.namespace, "name": obj.name},
+        "field": problem.field,
+        "message": problem.message,
+    }
+
+
+def _report_problems(outcome: Outcome) -> int:
+    """Print problems to stderr; the exit code they imply."""
+    problems = outcome.problems()
+    for problem in problems:
+        print(_problem_text(problem), file=sys.stderr)
+    return EXIT_INVALID if any(p.severity == "error" for p in problems) else EXIT_OK
+
+
+def _cmd_check(outcome: Outcome, args: argparse.Namespace) -> int:
+    problems = outcome.problems()
+    errors = [p for p in problems if p.severity == "error"]
+    warnings = [p for p in problems if p.severity == "warning"]
+    if args.output == "json":
+        document = {
+            "objects": len(outcome.load.objects),
+            "errors": len(errors),
+            "warnings": len(warnings),
+            "problems": [_problem_json(p) for p in problems],
+            "skipped": [
+                {
+                    "file": s.origin.source,
+                    "line": s.origin.line,
+                    "apiVersion": s.api_version,
+                    "kind": s.kind,
+                    "name": s.name,
+                }
+                for s in outcome.load.skipped
+            ],
+        }
+        sys.stdout.write(msgspec.json.encode(document).decode() + "\n")
+    else:
+        for problem in problems:
+            print(_problem_text(problem))
+        for skipped in outcome.load.skipped:
+            print(
+                f"{skipped.origin} skipped {skipped.kind} ({skipped.api_version}) {skipped.name}: "
+                "not a kind kubegate reads"
+            )
+        print(
+            f"{len(outcome.load.objects)} objects, {len(errors)} errors, {len(warnings)} warnings, "
+            f"{len(outcome.load.skipped)} skipped"
+        )
+    return EXIT_INVALID if errors else EXIT_OK
+
+
+def _cmd_get(outcome: Outcome, args: argparse.Namespace) -> int:
+    code = _report_problems(outcome)
+    snapshot = outcome.load.snapshot()
+
+    all_namespaces: bool = args.all_namespaces
+    namespace: str = args.namespace
+
+    def visible(candidate: str) -> bool:
+        return all_namespaces or candidate == namespace
+
+    resource = _RESOURCES[args.resource]
+    if resource == "ingresses":
+        ingresses: list[Ingress] = [i for k, i in sorted(snapshot.ingresses.items()) if visible(k[0])]
+        text = ingresses_table(ingresses, outcome.translation, args.all_namespaces)
+        empty = not ingresses
+    else:
+        services: list[Service] = [s for k, s in sorted(snapshot.services.items()) if visible(k[0])]
+        render = services_table if resource == "services" else endpoints_table
+        text = render(services, outcome.translation, args.all_namespaces)
+        empty = not services
+    if empty:
+        where = "any namespace" if args.all_namespaces else f"{args.namespace} namespace"
+        print(f"No resources found in {where}.", file=sys.stderr)
+    else:
+        print(text)
+    return code
+
+
+def _cmd_routes(outcome: Outcome, args: argparse.Namespace) -> int:
+    code = _report_problems(outcome)
+    print(routes_text(outcome.translation))
+    return code
+
+
+def _cmd_translate(outcome: Outcome, args: argparse.Namespace) -> int:
+    code = _report_problems(outcome)
+    if args.output == "json":
+        sys.stdout.write(msgspec.json.encode(translation_dict(outcome.translation)).decode() + "\n")
+    else:
+        sys.stdout.write(dump_translation(outcome.translation))
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubegate",
+        description="Kubernetes Services, Ingress and an API gateway, from standard Kubernetes YAML.",
+    )
+    parser.add_argument("--version", action="version", version=f"kubegate {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_paths(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument(
+            "paths", nargs="+", metavar="PATH", help="manifest file or directory, or - for stdin"
+        )
+        add_translate_arguments(sub)
+        return sub
+
+    check = with_paths("check", "validate manifests; exit 1 if any object has an error")
+    check.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    check.set_defaults(handler=_cmd_check)
+
+    get = commands.add_parser("get", help="list objects in kubectl's columns", description="list objects")
+    get.add_argument("resource", choices=sorted(_RESOURCES), metavar="svc|ing|ep")
+    get.add_argument("paths", nargs="+", metavar="PATH")
+    get.add_argument("-n", "--namespace", default="default")
+    get.add_argument("-A", "--all-namespaces", action="store_true")
+    add_translate_arguments(get)
+    get.set_defaults(handler=_cmd_get)
+
+    routes = with_paths("routes", "print the routing table in match order")
+    routes.set_defaults(handler=_cmd_routes)
+
+    trans = with_paths("translate", "print the routing model (IR) the manifests translate to")
+    trans.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    trans.set_defaults(handler=_cmd_translate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        options = options_from_args(args)
+        outcome = load_and_translate(args.paths, options, args.state, sys.stdin)
+    except (SettingsError, StateError) as error:
+        print(f"kubegate: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    code: int = args.handler(outcome, args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
