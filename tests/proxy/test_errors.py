@@ -253,3 +253,50 @@ async def test_access_log_and_graceful_close() -> None:
         ("GET", "/busy", "h.example", 200, f"127.0.0.1:{bport}")
     ]
     assert log[0].bytes > 2 and log[0].duration > 0
+
+
+async def test_stale_pooled_connection_is_retried_on_a_fresh_one() -> None:
+    async def one_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        # keep-alive was promised, but the next request on this connection is dropped unanswered
+        await reader.readuntil(b"\r\n\r\n")
+
+    async with raw_backend(one_per_connection) as (bport, conns), proxy(ROUTES, {"a": [bport]}) as (_, port):
+        c = await Client.connect(port)
+        for _ in range(3):
+            c.send(get("/"))
+            r = await c.response()
+            assert r.status == 200 and bytes(r.body) == b"ok"
+        await c.close()
+        assert len(conns) == 3
+
+
+async def test_interim_responses_are_not_relayed() -> None:
+    async def hints(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx"
+        )
+        await writer.drain()
+        await reader.read(1)
+
+    async with raw_backend(hints) as (bport, _), proxy(ROUTES, {"a": [bport]}) as (_, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/"))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        assert await reader.readexactly(1) == b"x"
+        writer.close()
+
+
+async def test_connection_limit() -> None:
+    settings = ProxySettings(max_connections=1)
+    async with echo_backends("a") as ports, proxy(ROUTES, {"a": [ports["a"]]}, settings) as (_, port):
+        first = await Client.connect(port)
+        first.send(get("/"))
+        assert (await first.response()).status == 200
+        second = await Client.connect(port)
+        assert (await second.response()).status == 503
+        await first.close()
