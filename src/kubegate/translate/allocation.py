@@ -146,6 +146,7 @@ def _parse_dotted_quad(text: str) -> int | None:
     return number
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def format_value(value: Value) -> str:
     version, number = value
     if version == 4:
@@ -323,7 +324,6 @@ def _allocate_cluster_ips(
 
     outcome = _Outcome()
     claims: list[_Claim] = []
-    previous_values: dict[str, Value] = {}
     for subject in wanting:
         holder = subject.holder
         requested, where = _requested_cluster_ip(subject.service)
@@ -344,20 +344,18 @@ def _allocate_cluster_ips(
             outcome.failed.add(holder)
             diagnostics.append(_error(subject.object, where, problem))
         elif holder == KUBERNETES_SERVICE:
-            previous_values[holder] = reserved
             claims.append(_Claim(holder, holder, reserved, None))
         elif holder in previous:
             value = parse_ip(previous[holder])
             if value is not None and usable.holds(value) and value != reserved:
-                previous_values[holder] = value
                 claims.append(_Claim(holder, holder, value, None))
 
-    for holder, text in previous.items():
-        if holder not in previous_values and holder in context.objects:
-            parsed = parse_ip(text)
-            if parsed is not None:
-                previous_values[holder] = parsed
-    _resolve(claims, lambda holder, value: previous_values.get(holder) == value, context, outcome)
+    def held_before(holder: str, value: Value) -> bool:
+        if holder == KUBERNETES_SERVICE and value == reserved:
+            return True
+        return holder in previous and parse_ip(previous[holder]) == value
+
+    _resolve(claims, held_before, context, outcome)
 
     taken = set(outcome.assigned.values())
     taken.add(reserved)
@@ -379,9 +377,8 @@ def _allocate_cluster_ips(
 # nodePorts
 
 
-@dataclass(frozen=True, slots=True)
-class _PortNeed:
-    index: int
+class _PortNeed(NamedTuple):
+    position: int  # in spec.ports
     key: str
     port: int
     protocol: str
@@ -447,7 +444,7 @@ def _allocate_node_ports(
         for need in needs:
             if need.requested is None:
                 continue
-            where = f"spec.ports[{need.index}].nodePort"
+            where = f"spec.ports[{need.position}].nodePort"
             value = (NODE_PORT_VERSION, need.requested)
             problem = None
             if not port_range.holds(value):
@@ -459,7 +456,7 @@ def _allocate_node_ports(
                 outcome.failed.add(need.key)
                 diagnostics.append(_error(subject.object, where, problem))
                 continue
-            used[(need.requested, need.protocol)] = need.index
+            used[(need.requested, need.protocol)] = need.position
             claims.append(_Claim(subject.holder, need.key, value, where))
         for need in needs:
             if need.requested is not None or need.key not in previous:
@@ -467,7 +464,7 @@ def _allocate_node_ports(
             number = previous[need.key]
             value = (NODE_PORT_VERSION, number)
             if port_range.holds(value) and (number, need.protocol) not in used:
-                used[(number, need.protocol)] = need.index
+                used[(number, need.protocol)] = need.position
                 claims.append(_Claim(subject.holder, need.key, value, None))
 
     _resolve(claims, lambda holder, value: value in held.get(holder, ()), context, outcome)
@@ -486,7 +483,7 @@ def _allocate_node_ports(
                 diagnostics.append(
                     _error(
                         subject.object,
-                        f"spec.ports[{need.index}].nodePort",
+                        f"spec.ports[{need.position}].nodePort",
                         f"no free nodePort in the range {low}-{high}",
                     )
                 )
@@ -597,13 +594,8 @@ def _allocate_load_balancer_ips(
 
     outcome = _Outcome()
     claims: list[_Claim] = []
-    previous_values: dict[str, Value] = {}
     for subject, allowed in wanting:
         holder = subject.holder
-        if holder in previous:
-            parsed_previous = parse_ip(previous[holder])
-            if parsed_previous is not None:
-                previous_values[holder] = parsed_previous
         requested, where = _requested_load_balancer_ip(subject, diagnostics)
         if requested:
             value = parse_ip(requested)
@@ -618,11 +610,16 @@ def _allocate_load_balancer_ips(
             outcome.failed.add(holder)
             diagnostics.append(_error(subject.object, where, problem))
             continue
-        value = previous_values.get(holder)
+        value = parse_ip(previous[holder]) if holder in previous else None
         if value is not None and any(pools[index].contains(value) for index in allowed):
             claims.append(_Claim(holder, holder, value, None))
 
-    _resolve(claims, lambda holder, value: previous_values.get(holder) == value, context, outcome)
+    _resolve(
+        claims,
+        lambda holder, value: holder in previous and parse_ip(previous[holder]) == value,
+        context,
+        outcome,
+    )
 
     taken = set(outcome.assigned.values())
     cursors = [_Cursor(parsed.ranges, parsed.pool.avoid_buggy_ips) for parsed in pools]
