@@ -146,3 +146,25 @@ async def test_upgrade_tunnels_bytes_both_ways() -> None:
             writer.write(b"ping")
             assert await reader.readexactly(4) == b"PING"
         writer.close()
+
+
+async def test_response_head_reaches_client_before_a_late_body() -> None:
+    release = asyncio.Event()
+
+    async def late(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await writer.drain()
+        await release.wait()
+        writer.write(b"4\r\nlate\r\n0\r\n\r\n")
+        await writer.drain()
+        await reader.read(1)
+
+    async with raw_backend(late) as (bport, _), proxy(ROUTES, {"a": [bport]}) as (_, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/stream"))
+        head = await asyncio.wait_for(read_head(reader), 5)
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        release.set()
+        assert await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5) == b"4\r\nlate\r\n0\r\n\r\n"
+        writer.close()

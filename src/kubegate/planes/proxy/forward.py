@@ -26,6 +26,7 @@ class ResponseSink(Protocol):
     def upstream_tunnel_data(self, data: bytes) -> None: ...
     def upstream_failed(self, reason: str, timeout: bool) -> None: ...
     def upstream_writable(self, writable: bool) -> None: ...
+    def upstream_flush(self) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -174,6 +175,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
+            # whatever the sink held back to coalesce writes goes out at the end of each read
+            sink.upstream_flush()
         except httptools.HttpParserUpgrade as upgrade:
             if self._status == 101 and self.sink is not None:
                 self._tunnel = True
