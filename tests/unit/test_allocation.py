@@ -11,7 +11,14 @@ from collections.abc import Mapping, Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kubegate.objects.kinds import Service, ServicePort, ServiceSpec
+from kubegate.objects.kinds import (
+    LoadBalancerIngress,
+    LoadBalancerStatus,
+    Service,
+    ServicePort,
+    ServiceSpec,
+    ServiceStatus,
+)
 from kubegate.objects.meta import ObjectKey, ObjectMeta
 from kubegate.translate.allocation import (
     LOAD_BALANCER_IPS_ANNOTATION,
@@ -36,6 +43,7 @@ def service(
     load_balancer_class: str | None = None,
     annotations: Mapping[str, str] | None = None,
     allocate_node_ports: bool = True,
+    status_ip: str = "",
 ) -> Service:
     return Service(
         metadata=ObjectMeta(
@@ -48,6 +56,11 @@ def service(
             load_balancer_ip=load_balancer_ip,
             load_balancer_class=load_balancer_class,
             allocate_load_balancer_node_ports=allocate_node_ports,
+        ),
+        status=ServiceStatus(
+            load_balancer=LoadBalancerStatus(
+                ingress=(LoadBalancerIngress(ip=status_ip),) if status_ip else ()
+            )
         ),
     )
 
@@ -144,6 +157,14 @@ def test_when_nobody_held_a_contested_ip_the_oldest_service_gets_it() -> None:
     assert errors(diagnostics) == [
         ("Service default/young", "spec.clusterIP", "10.96.0.5 is already allocated to Service default/old")
     ]
+
+
+def test_a_damaged_state_giving_two_services_one_ip_is_repaired_silently() -> None:
+    previous = Allocations(cluster_ips={"default/old": "10.96.0.5", "default/new": "10.96.0.5"})
+    services = keyed(service("new", created="2"), service("old", created="1"))
+    result, diagnostics = allocate(services, previous, OPTIONS)
+    assert result.cluster_ips == {"default/old": "10.96.0.5", "default/new": "10.96.0.2"}
+    assert diagnostics == []
 
 
 def test_cluster_ip_exhaustion_is_reported_per_service() -> None:
@@ -362,6 +383,19 @@ def test_a_taken_load_balancer_ip_is_an_error_naming_the_holder() -> None:
     ]
 
 
+def test_without_previous_state_the_address_in_the_status_is_kept() -> None:
+    services = keyed(
+        service("a", "b", type="LoadBalancer", created="1"),
+        service("z", "b", type="LoadBalancer", created="2", status_ip="198.51.100.10"),
+    )
+    result, _ = allocate(services, Allocations(), LB_OPTIONS)
+    assert result.load_balancer_ips == {"b/z": "198.51.100.10", "b/a": "198.51.100.11"}
+    # the state file wins over the status
+    previous = Allocations(load_balancer_ips={"b/z": "198.51.100.11"})
+    result, _ = allocate(services, previous, LB_OPTIONS)
+    assert result.load_balancer_ips == {"b/z": "198.51.100.11", "b/a": "198.51.100.10"}
+
+
 def test_several_annotated_addresses_use_the_first_with_a_warning() -> None:
     annotations = {LOAD_BALANCER_IPS_ANNOTATION: "198.51.100.11,2001:db8::1"}
     result, diagnostics = allocate(
@@ -513,6 +547,7 @@ def service_sets(draw: st.DrawFn) -> Services:
             load_balancer_ip=draw(st.sampled_from(["", "", *LB_IPS])),
             load_balancer_class=draw(st.sampled_from([None, None, "other"])),
             allocate_node_ports=draw(st.booleans()),
+            status_ip=draw(st.sampled_from(["", "", *LB_IPS])),
         )
     return services
 

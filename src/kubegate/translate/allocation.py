@@ -10,7 +10,9 @@ Rules, in the order they apply to each kind of value:
    ``spec.loadBalancerIP`` or a ``loadBalancerIPs`` annotation) wins over whatever it held before. It
    must be valid (inside the service CIDR, the nodePort range, or a pool the Service may use); if not,
    the Service gets an error and nothing for that field.
-2. Otherwise the value it held in ``previous`` is kept, as long as it is still valid.
+2. Otherwise the value it held in ``previous`` is kept, as long as it is still valid. (For LoadBalancer
+   IPs, a Service missing from ``previous`` falls back to the first IP of its
+   ``status.loadBalancer.ingress``, which kubegate itself wrote when watching the API server.)
 3. When several Services claim one value, the one that held it in ``previous`` keeps it; if none did,
    the oldest (``metadata.creationTimestamp``, then namespace/name) gets it. A loser that asked for the
    value explicitly gets an error naming the holder and nothing for that field; a loser that merely had
@@ -569,6 +571,17 @@ def _requested_load_balancer_ip(subject: _Subject, diagnostics: list[Diagnostic]
     return subject.service.spec.load_balancer_ip.strip(), "spec.loadBalancerIP"
 
 
+def _previous_load_balancer_ip(subject: _Subject, previous: Mapping[str, str]) -> Value | None:
+    """What the Service held: from the state file, else from its status, which kubegate wrote there
+    itself when the Kubernetes source is used; so a lost state file does not move every address."""
+    if subject.holder in previous:
+        return parse_ip(previous[subject.holder])
+    for ingress in subject.service.status.load_balancer.ingress:
+        if ingress.ip:
+            return parse_ip(ingress.ip)
+    return None
+
+
 def _allocate_load_balancer_ips(
     subjects: list[_Subject],
     previous: Mapping[str, str],
@@ -610,13 +623,14 @@ def _allocate_load_balancer_ips(
             outcome.failed.add(holder)
             diagnostics.append(_error(subject.object, where, problem))
             continue
-        value = parse_ip(previous[holder]) if holder in previous else None
+        value = _previous_load_balancer_ip(subject, previous)
         if value is not None and any(pools[index].contains(value) for index in allowed):
             claims.append(_Claim(holder, holder, value, None))
 
+    by_holder = {subject.holder: subject for subject, _ in wanting}
     _resolve(
         claims,
-        lambda holder, value: holder in previous and parse_ip(previous[holder]) == value,
+        lambda holder, value: _previous_load_balancer_ip(by_holder[holder], previous) == value,
         context,
         outcome,
     )
