@@ -23,12 +23,7 @@ def _options(overrides: dict[str, Any]) -> Options:
     values = dict(overrides)
     if "pools" in values:
         values["pools"] = tuple(
-            Pool(
-                **{
-                    key: tuple(value) if isinstance(value, list) else value
-                    for key, value in pool.items()
-                }
-            )
+            Pool(**{key: tuple(v) if isinstance(v, list) else v for key, v in pool.items()})  # type: ignore[arg-type]
             for pool in values["pools"]
         )
     for key in ("publish_addresses", "node_port_range"):

@@ -162,8 +162,21 @@ class Translator:
         self._service_endpoints: dict[
             tuple[str, str], tuple[Service, EndpointSources, dict[str, tuple[Endpoint, ...]]]
         ] = {}
+        self._endpoint_lists: (
+            tuple[EndpointSources, Mapping[tuple[str, str], Service], dict[str, tuple[Endpoint, ...]]] | None
+        ) = None
+        self._assembled: tuple[object, ...] | None = None
+        self._assembled_result: tuple[tuple[Cluster, ...], EndpointTable] | None = None
         self._fragments: dict[tuple[str, str], tuple[Ingress, IngressFragment]] = {}
+        # the fragments in use, and by host, maintained incrementally
+        self._services_seen: Mapping[tuple[str, str], Service] | None = None
+        self._current: dict[tuple[str, str], IngressFragment] = {}
+        self._by_host: dict[str, dict[tuple[str, str], IngressFragment]] = {}
         self._hosts: dict[str, _HostResult] = {}
+        self._host_certificates: dict[str, str] = {}
+        self._virtual_hosts: tuple[VirtualHost, ...] | None = None
+        self._host_diagnostics: tuple[Diagnostic, ...] = ()
+        self._status: dict[tuple[str, str], tuple[str, ...]] | None = None
         self._certificates = CertificateCache()
 
     # -- passes ------------------------------------------------------------------------------------
@@ -199,6 +212,13 @@ class Translator:
 
     def _endpoints_pass(self, snapshot: Snapshot) -> dict[str, tuple[Endpoint, ...]]:
         sources = self._endpoint_sources(snapshot)
+        if (
+            self._endpoint_lists is not None
+            and self._endpoint_lists[0] is sources
+            and _same_mapping(self._endpoint_lists[1], snapshot.services)
+        ):
+            # nothing an endpoint depends on changed (the common case: an Ingress or Secret changed)
+            return self._endpoint_lists[2]
         table: dict[str, tuple[Endpoint, ...]] = {}
         memo: dict[tuple[str, str], tuple[Service, EndpointSources, dict[str, tuple[Endpoint, ...]]]] = {}
         for key, service in snapshot.services.items():
@@ -210,15 +230,62 @@ class Translator:
             memo[key] = (service, sources, found)
             table.update(found)
         self._service_endpoints = memo
+        self._endpoint_lists = (sources, snapshot.services, table)
         return table
 
-    def _fragment(self, key: tuple[str, str], ingress: Ingress, snapshot: Snapshot) -> IngressFragment:
+    def _ingress_status(
+        self, ours: dict[tuple[str, str], Ingress], options: Options
+    ) -> dict[tuple[str, str], tuple[str, ...]]:
+        if self._status is None or self._status.keys() != ours.keys():
+            self._status = dict.fromkeys(sorted(ours), options.publish_addresses)
+        return self._status
+
+    def _fragment(
+        self, key: tuple[str, str], ingress: Ingress, snapshot: Snapshot, services_unchanged: bool
+    ) -> IngressFragment:
         cached = self._fragments.get(key)
-        if cached is not None and cached[0] is ingress and _still_valid(cached[1], snapshot.services):
+        if (
+            cached is not None
+            and cached[0] is ingress
+            and (services_unchanged or _still_valid(cached[1], snapshot.services))
+        ):
             return cached[1]
         fragment = build_fragment(ingress, snapshot.services)
         self._fragments[key] = (ingress, fragment)
         return fragment
+
+    def _clusters(
+        self,
+        services: ServicesResult,
+        endpoint_lists: dict[str, tuple[Endpoint, ...]],
+        extra: dict[str, Cluster],
+        balances: dict[str, tuple[str, str | None, ObjectKey]],
+    ) -> tuple[tuple[Cluster, ...], EndpointTable]:
+        """The sorted clusters and their endpoints; reused while none of their inputs changed, since
+        sorting 10,000 clusters on every Ingress edit would be most of the work."""
+        old = self._assembled
+        if (
+            old is not None
+            and self._assembled_result is not None
+            and old[0] is services
+            and old[1] is endpoint_lists
+            and old[2] == extra
+            and old[3] == balances
+        ):
+            return self._assembled_result
+        clusters = dict(services.clusters)
+        for name, cluster in extra.items():
+            clusters.setdefault(name, cluster)
+        for name, (balance, hash_by, _) in balances.items():
+            clusters[name] = msgspec.structs.replace(clusters[name], balance=balance, hash_by=hash_by)
+        names = sorted(clusters)
+        result = (
+            tuple(clusters[name] for name in names),
+            EndpointTable(clusters={name: endpoint_lists.get(name, ()) for name in names}),
+        )
+        self._assembled = (services, endpoint_lists, extra, balances)
+        self._assembled_result = result
+        return result
 
     # -- the whole -------------------------------------------------------------------------------------
 
@@ -241,45 +308,77 @@ class Translator:
         diagnostics.extend(services.diagnostics)
         endpoint_lists = self._endpoints_pass(snapshot)
 
-        # ingresses
-        fragments = [self._fragment(key, ingress, snapshot) for key, ingress in ours.items()]
-        for stale in self._fragments.keys() - ours.keys():
-            del self._fragments[stale]
+        # ingresses: refresh the fragments that changed and note the hosts they touch
+        services_unchanged = self._services_seen is snapshot.services
+        self._services_seen = snapshot.services
+        current, by_host = self._current, self._by_host
+        dirty: set[str] = set()
+        for key, ingress in ours.items():
+            fragment = self._fragment(key, ingress, snapshot, services_unchanged)
+            previous = current.get(key)
+            if previous is fragment:
+                continue
+            if previous is not None:
+                for host in previous.hosts:
+                    by_host[host].pop(key, None)
+                dirty.update(previous.hosts)
+            for host in fragment.hosts:
+                by_host.setdefault(host, {})[key] = fragment
+            dirty.update(fragment.hosts)
+            current[key] = fragment
+        for stale in current.keys() - ours.keys():
+            gone = current.pop(stale)
+            for host in gone.hosts:
+                by_host[host].pop(stale, None)
+            dirty.update(gone.hosts)
+            self._fragments.pop(stale, None)
+
         extra_clusters: dict[str, Cluster] = {}
-        for fragment in fragments:
+        with_tls: list[IngressFragment] = []
+        rule_less: list[IngressFragment] = []
+        balancing: list[IngressFragment] = []
+        for fragment in current.values():
             diagnostics.extend(fragment.diagnostics)
             for cluster in fragment.extra_clusters:
                 extra_clusters.setdefault(cluster.name, cluster)
+            if fragment.tls:
+                with_tls.append(fragment)
+            if not fragment.has_rules and fragment.default_backend is not None:
+                rule_less.append(fragment)
+            if fragment.balances:
+                balancing.append(fragment)
 
         # TLS (before hosts: a host's routes redirect to HTTPS only when it has a certificate)
-        tls = translate_tls(fragments, snapshot.secrets, self._certificates)
+        tls = translate_tls(with_tls, snapshot.secrets, self._certificates)
         diagnostics.extend(tls.diagnostics)
+        certificates, old_certificates = tls.host_certificates, self._host_certificates
+        if certificates != old_certificates:
+            dirty.update(
+                h
+                for h in certificates.keys() | old_certificates.keys()
+                if certificates.get(h) != old_certificates.get(h)
+            )
+        self._host_certificates = certificates
 
-        by_host: dict[str, list[IngressFragment]] = {}
-        for fragment in fragments:
-            for host in fragment.hosts:
-                by_host.setdefault(host, []).append(fragment)
-        hosts: dict[str, _HostResult] = {}
-        for host, contributors in by_host.items():
-            ordered = tuple(sorted(contributors, key=lambda f: f.age))
-            certificate = tls.host_certificates.get(host)
-            cached = self._hosts.get(host)
-            if (
-                cached is None
-                or cached.certificate != certificate
-                or len(cached.fragments) != len(ordered)
-                or any(a is not b for a, b in zip(cached.fragments, ordered, strict=True))
-            ):
-                cached = _build_host(host, ordered, certificate)
-            hosts[host] = cached
-            diagnostics.extend(cached.diagnostics)
-        self._hosts = hosts
+        # hosts: rebuild only the dirty ones
+        hosts = self._hosts
+        for host in dirty:
+            contributors = by_host.get(host)
+            if not contributors:
+                by_host.pop(host, None)
+                hosts.pop(host, None)
+                continue
+            ordered = tuple(sorted(contributors.values(), key=lambda f: f.age))
+            hosts[host] = _build_host(host, ordered, certificates.get(host))
+        if dirty or self._virtual_hosts is None:
+            ordered_hosts = [hosts[host] for host in sorted(hosts)]
+            self._virtual_hosts = tuple(h.virtual_host for h in ordered_hosts)
+            self._host_diagnostics = tuple(d for h in ordered_hosts for d in h.diagnostics)
+        diagnostics.extend(self._host_diagnostics)
 
         # the table-wide default: the oldest rule-less Ingress's defaultBackend, else the controller's
         default_backend: Backend | None = None
-        rule_less = sorted(
-            (f for f in fragments if not f.has_rules and f.default_backend is not None), key=lambda f: f.age
-        )
+        rule_less.sort(key=lambda f: f.age)
         if rule_less:
             default_backend = rule_less[0].default_backend
             for loser in rule_less[1:]:
@@ -298,46 +397,37 @@ class Translator:
             )
 
         # clusters: every Service port, the placeholders, and the balancing the Ingresses ask for
-        clusters = dict(services.clusters)
-        for name, cluster in extra_clusters.items():
-            clusters.setdefault(name, cluster)
         chosen: dict[str, tuple[str, str | None, ObjectKey]] = {}
-        for fragment in sorted((f for f in fragments if f.balances), key=lambda f: f.age):
+        for fragment in sorted(balancing, key=lambda f: f.age):
             for choice in fragment.balances:
-                previous = chosen.get(choice.cluster)
-                if previous is None:
+                earlier = chosen.get(choice.cluster)
+                if earlier is None:
                     chosen[choice.cluster] = (choice.balance, choice.hash_by, fragment.key)
-                    cluster = clusters[choice.cluster]
-                    clusters[choice.cluster] = msgspec.structs.replace(
-                        cluster, balance=choice.balance, hash_by=choice.hash_by
-                    )
-                elif previous[:2] != (choice.balance, choice.hash_by):
+                elif earlier[:2] != (choice.balance, choice.hash_by):
                     diagnostics.append(
                         Diagnostic(
                             fragment.key,
                             choice.field,
                             "warning",
-                            f"cluster {choice.cluster} already balances {previous[0]} as {previous[2]} asks, "
+                            f"cluster {choice.cluster} already balances {earlier[0]} as {earlier[2]} asks, "
                             "which is older; this load-balance/upstream-hash-by is not used for it",
                         )
                     )
+        cluster_tuple, endpoint_table = self._clusters(services, endpoint_lists, extra_clusters, chosen)
 
         routing = RoutingTable(
-            virtual_hosts=tuple(hosts[host].virtual_host for host in sorted(hosts)),
+            virtual_hosts=self._virtual_hosts,
             default_backend=default_backend,
-            clusters=tuple(clusters[name] for name in sorted(clusters)),
+            clusters=cluster_tuple,
             certificates=tls.certificates,
             services=services.services,
-        )
-        endpoint_table = EndpointTable(
-            clusters={name: endpoint_lists.get(name, ()) for name in sorted(clusters)}
         )
         return Translation(
             routing=routing,
             endpoints=endpoint_table,
             allocations=services.allocations,
             service_status=dict(sorted(services.service_status.items())),
-            ingress_status=dict.fromkeys(sorted(ours), options.publish_addresses),
+            ingress_status=self._ingress_status(ours, options),
             diagnostics=tuple(sorted(set(diagnostics))),
         )
 
