@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kubegate.ir.model import Backend, Cluster, Endpoint, EndpointTable, Route, RoutingTable, VirtualHost
 from tests.proxy.helpers import Client, echo_backends, get, prefix, proxy, table_for
 
 
@@ -106,3 +107,32 @@ async def test_head_has_no_body_and_connection_stays_usable() -> None:
         assert server.pool.opened == {("127.0.0.1", ports["a"]): 1}
         await c.close()
         await c2.close()
+
+
+async def test_weighted_backends_and_external_name() -> None:
+
+    async with echo_backends("heavy", "never", "ext") as ports:
+        split = Route(
+            match="Prefix",
+            path="/",
+            backends=(Backend(cluster="heavy", weight=100), Backend(cluster="never", weight=0)),
+        )
+        ext = Route(match="Prefix", path="/ext", backends=(Backend(cluster="ext"),))
+        routing = RoutingTable(
+            virtual_hosts=(VirtualHost(host="", routes=(ext, split)),),
+            clusters=(Cluster(name="ext", service="ns/ext", port=ports["ext"], external_name="localhost"),),
+        )
+        table = EndpointTable(
+            clusters={
+                "heavy": (Endpoint(ip="127.0.0.1", port=ports["heavy"]),),
+                "never": (Endpoint(ip="127.0.0.1", port=ports["never"]),),
+            }
+        )
+        async with proxy(routing, table) as (_, port):
+            c = await Client.connect(port)
+            for _ in range(20):
+                c.send(get("/w"))
+                assert (await c.response()).json()["name"] == "heavy"
+            c.send(get("/ext/x"))
+            assert (await c.response()).json()["name"] == "ext"
+            await c.close()
