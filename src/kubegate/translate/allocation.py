@@ -32,7 +32,7 @@ pool exists only to hold virtual IPs, so there is no subnet broadcast to protect
 
 Free values are found with a cursor that only moves forward over the ranges, skipping a set of taken
 values: within one call values are only ever added, so the lowest free value never lies behind the
-cursor. A /12 or an IPv6 /64 is never materialised, and 10,000 Services cost a few tens of milliseconds.
+cursor. A /12 or an IPv6 /64 is never materialised; 10,000 Services take 50-100 ms on a small VM.
 """
 
 from __future__ import annotations
@@ -424,11 +424,13 @@ def _allocate_node_ports(
     low, high = options.node_port_range
     port_range = AddressRange(NODE_PORT_VERSION, low, high)
     needs_of: dict[str, list[_PortNeed]] = {}
+    exposing: list[_Subject] = []
     for subject in subjects:
         if _exposes_node_ports(subject.service):
             needs = _port_needs(subject, diagnostics)
             if needs:
                 needs_of[subject.holder] = needs
+                exposing.append(subject)
 
     # which nodePort values each Service held before, whatever port they were for
     held: dict[str, set[Value]] = {}
@@ -439,8 +441,8 @@ def _allocate_node_ports(
 
     outcome = _Outcome()
     claims: list[_Claim] = []
-    for subject in subjects:
-        needs = needs_of.get(subject.holder, [])
+    for subject in exposing:
+        needs = needs_of[subject.holder]
         # One Service may use a nodePort for several ports only with different protocols.
         used: dict[tuple[int, str], int] = {}
         for need in needs:
@@ -473,8 +475,8 @@ def _allocate_node_ports(
 
     taken = set(outcome.assigned.values())
     cursor = _Cursor((port_range,))
-    for subject in subjects:
-        needs = needs_of.get(subject.holder, [])
+    for subject in exposing:
+        needs = needs_of[subject.holder]
         for need in needs:
             if need.key in outcome.assigned or need.key in outcome.failed:
                 continue
