@@ -204,9 +204,20 @@ def _from_slices(slices: tuple[EndpointSlice, ...], port: ServicePort) -> list[E
 
 
 def _deduplicated(found: list[Endpoint]) -> tuple[Endpoint, ...]:
+    """One endpoint per (ip, port); when Endpoints and a slice both list it, keep what either knows."""
     unique: dict[tuple[str, int], Endpoint] = {}
     for endpoint in sorted(found, key=lambda e: (e.ip, e.port, e.pod, e.node, e.zone)):
-        unique.setdefault((endpoint.ip, endpoint.port), endpoint)
+        seen = unique.get((endpoint.ip, endpoint.port))
+        if seen is None:
+            unique[(endpoint.ip, endpoint.port)] = endpoint
+        elif seen != endpoint:
+            unique[(endpoint.ip, endpoint.port)] = Endpoint(
+                ip=seen.ip,
+                port=seen.port,
+                node=seen.node or endpoint.node,
+                zone=seen.zone or endpoint.zone,
+                pod=seen.pod or endpoint.pod,
+            )
     return tuple(unique.values())
 
 
