@@ -31,7 +31,7 @@ _HASH_BY = re.compile(r"^\$(remote_addr|request_uri|cookie_[A-Za-z0-9_\-]+|http_
 class IngressAnnotations:
     rewrite_target: str | None = None
     use_regex: bool = False
-    # None: the default (redirect when the host has TLS)
+    # redirect plain HTTP to HTTPS; only takes effect on hosts with a certificate (ingress-nginx default)
     ssl_redirect: bool = True
     force_ssl_redirect: bool = False
     app_root: str | None = None
