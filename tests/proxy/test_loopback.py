@@ -136,3 +136,26 @@ async def test_weighted_backends_and_external_name() -> None:
             c.send(get("/ext/x"))
             assert (await c.response()).json()["name"] == "ext"
             await c.close()
+
+
+async def test_hash_balancing_is_sticky_per_key_through_the_proxy() -> None:
+    async with echo_backends("e1", "e2", "e3") as ports:
+        routing = RoutingTable(
+            virtual_hosts=(VirtualHost(host="", routes=(prefix("/", "svc"),)),),
+            clusters=(
+                Cluster(name="svc", service="ns/svc", port=80, balance="hash", hash_by="$http_x_user"),
+            ),
+        )
+        table = EndpointTable(
+            clusters={"svc": tuple(Endpoint(ip="127.0.0.1", port=p) for p in ports.values())}
+        )
+        async with proxy(routing, table) as (_, port):
+            c = await Client.connect(port)
+            owners: dict[str, set[str]] = {}
+            for i in range(60):
+                user = f"user-{i % 12}"
+                c.send(get("/", extra=f"X-User: {user}\r\n"))
+                owners.setdefault(user, set()).add((await c.response()).json()["name"])
+            await c.close()
+            assert all(len(names) == 1 for names in owners.values())
+            assert len(set().union(*owners.values())) > 1
