@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -171,11 +172,83 @@ def _parser() -> argparse.ArgumentParser:
     trans = with_paths("translate", "print the routing model (IR) the manifests translate to")
     trans.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
     trans.set_defaults(handler=_cmd_translate)
+    for name, help_text in (
+        ("serve", "serve the manifests: proxy HTTP by their Ingress rules, following file changes"),
+        ("demo", "serve the manifests (default: examples/) with echo backends on their loopback endpoints"),
+    ):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        nargs = "*" if name == "demo" else "+"
+        sub.add_argument("paths", nargs=nargs, metavar="PATH", help="manifest file or directory")
+        sub.add_argument("--listen", default="0.0.0.0:8080", metavar="HOST:PORT")
+        sub.add_argument("--admin-listen", default="127.0.0.1:10254", metavar="HOST:PORT")
+        sub.add_argument(
+            "--workers", type=int, default=None, help="processes sharing the port (default: one per core)"
+        )
+        sub.add_argument("--access-log", choices=("text", "json", "off"), default="text")
+        sub.add_argument("--drain-timeout", type=float, default=10.0, metavar="SECONDS")
+        sub.add_argument(
+            "--trusted-proxy",
+            action="append",
+            default=[],
+            metavar="CIDR",
+            help="trust X-Forwarded-* from these networks (repeatable)",
+        )
+        add_translate_arguments(sub)
+        sub.set_defaults(handler=None, long_running=name)
+
+    echo = commands.add_parser("echo", help="an echo backend answering JSON about each request")
+    echo.add_argument("--name", default="echo")
+    echo.add_argument("--listen", default="127.0.0.1:9001", metavar="HOST:PORT")
+    echo.set_defaults(handler=None, long_running="echo")
     return parser
+
+
+def _long_running(args: argparse.Namespace) -> int:
+    # the data plane is imported only by the commands that run it, so `check` starts fast
+    from kubegate import app  # noqa: PLC0415
+    from kubegate.echo import serve_echo  # noqa: PLC0415
+    from kubegate.planes.proxy.http import ProxySettings  # noqa: PLC0415
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        listen = app.parse_listen(args.listen, "--listen")
+        if args.long_running == "echo":
+            print(f"kubegate echo {args.name!r} on {listen[0]}:{listen[1]}", file=sys.stderr)
+
+            async def echo_forever() -> int:
+                await serve_echo(args.name, *listen)
+                return 0
+
+            return app.run_event_loop(echo_forever())
+        config = app.ServeConfig(
+            paths=tuple(args.paths or ["examples"]),
+            options=options_from_args(args),
+            listen=listen,
+            admin_listen=app.parse_listen(args.admin_listen, "--admin-listen"),
+            state_file=args.state,
+            access_log=None if args.access_log == "off" else args.access_log,
+            proxy=ProxySettings(trusted_proxies=tuple(args.trusted_proxy)),
+            drain_seconds=args.drain_timeout,
+        )
+    except (ValueError, SettingsError) as error:
+        print(f"kubegate: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.long_running == "demo":
+            return app.run_event_loop(app.run_demo(config))
+        workers = args.workers if args.workers is not None else app.default_workers()
+        return app.serve(config, workers)
+    except StateError as error:
+        print(f"kubegate: {error}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "long_running", None):
+        return _long_running(args)
     try:
         options = options_from_args(args)
         outcome = load_and_translate(args.paths, options, args.state, sys.stdin)

@@ -1,0 +1,284 @@
+"""`kubegate serve`: the long-running gateway on a directory of manifests.
+
+One process (or one per worker with --workers, sharing the ports via SO_REUSEPORT) runs: the reconciler
+watching the manifests, the built-in proxy publishing every new translation atomically, and the admin
+listener (only in the first worker, which is also the one that writes the allocation state file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Coroutine
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from kubegate.admin.metrics import metrics_handler
+from kubegate.admin.server import AdminServer, Handler, Response
+from kubegate.echo import start_echo
+from kubegate.gateway.accesslog import AccessLogWriter, Format
+from kubegate.ir.dump import dump_translation
+from kubegate.planes.proxy.http import ProxySettings
+from kubegate.planes.proxy.server import ProxyServer
+from kubegate.reconcile import Reconciler
+from kubegate.translate.context import Options, Translation
+
+uvloop: ModuleType | None
+try:
+    import uvloop
+except ImportError:  # uvloop is optional: the stdlib loop works, slower
+    uvloop = None
+
+log = logging.getLogger("kubegate")
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    paths: tuple[str, ...]
+    options: Options
+    listen: tuple[str, int] = ("0.0.0.0", 8080)
+    admin_listen: tuple[str, int] | None = ("127.0.0.1", 10254)
+    state_file: Path | None = None
+    access_log: Format | None = "text"
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    drain_seconds: float = 10.0
+    reuse_port: bool = False
+    watch: bool = True
+
+
+class ListenError(Exception):
+    """A port that cannot be bound; the message names the address."""
+
+
+class Gateway:
+    """Everything `serve` runs in one process, startable and stoppable from tests."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.proxy: ProxyServer | None = None
+        self.admin: AdminServer | None = None
+        self.access_log = AccessLogWriter(config.access_log) if config.access_log else None
+        self.reconciler = Reconciler(config.paths, config.options, self._publish, config.state_file)
+        self.trigger = asyncio.Event()
+        self.address: tuple[str, int] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+
+    def _publish(self, translation: Translation) -> None:
+        proxy = self.proxy
+        if proxy is None:
+            return
+        previous = self.reconciler.translation
+        # endpoint-only changes must not recompile the router
+        if previous is None or previous.routing != translation.routing:
+            proxy.update_routing(translation.routing)
+        if previous is None or previous.endpoints != translation.endpoints:
+            proxy.update_endpoints(translation.endpoints)
+
+    async def start(self) -> None:
+        self.reconciler.reload()
+        translation = self.reconciler.translation
+        assert translation is not None
+        self.proxy = ProxyServer(
+            translation.routing, translation.endpoints, self.config.proxy, self.access_log, "http"
+        )
+        host, port = self.config.listen
+        try:
+            self.address = await self.proxy.start(host, port, reuse_port=self.config.reuse_port)
+        except OSError as error:
+            raise ListenError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+        if self.config.admin_listen is not None:
+            self.admin = AdminServer(self._admin_routes())
+            admin_host, admin_port = self.config.admin_listen
+            try:
+                await self.admin.start(admin_host, admin_port)
+            except OSError as error:
+                await self.proxy.close(0)
+                raise ListenError(
+                    f"cannot listen on {admin_host}:{admin_port} (admin): {error.strerror or error}"
+                ) from None
+        if self.config.watch:
+            self._watch_task = asyncio.create_task(self.reconciler.watch(self.trigger))
+
+    def _admin_routes(self) -> dict[str, Handler]:
+        metrics = metrics_handler(self.reconciler, lambda: self.proxy)
+
+        def healthz() -> Response:
+            return 200, "text/plain", b"ok\n"
+
+        def readyz() -> Response:
+            if self.reconciler.translation is None or self.proxy is None:
+                return 503, "text/plain", b"not ready\n"
+            return 200, "text/plain", b"ok\n"
+
+        def debug_ir() -> Response:
+            translation = self.reconciler.translation
+            if translation is None:
+                return 503, "text/plain", b"no configuration yet\n"
+            return 200, "application/yaml", dump_translation(translation).encode()
+
+        def debug_problems() -> Response:
+            text = "".join(f"{problem}\n" for problem in self.reconciler.last_problems) or "no problems\n"
+            return 200, "text/plain", text.encode()
+
+        return {
+            "/healthz": healthz,
+            "/readyz": readyz,
+            "/metrics": lambda: (200, "text/plain; version=0.0.4", metrics()),
+            "/debug/ir": debug_ir,
+            "/debug/problems": debug_problems,
+        }
+
+    async def stop(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        if self.admin is not None:
+            await self.admin.close()
+        if self.proxy is not None:
+            await self.proxy.close(self.config.drain_seconds)
+        if self.access_log is not None:
+            self.access_log.flush()
+
+
+async def _serve_until_signalled(config: ServeConfig) -> int:
+    gateway = Gateway(config)
+    try:
+        await gateway.start()
+    except ListenError as error:
+        print(f"kubegate: {error}", file=sys.stderr)
+        return 2
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, gateway.trigger.set)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    assert gateway.address is not None
+    log.info("serving HTTP on %s:%d (pid %d)", *gateway.address, os.getpid())
+    await stop.wait()
+    log.info("shutting down: draining requests for up to %.0f s", config.drain_seconds)
+    await gateway.stop()
+    return 0
+
+
+def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run a coroutine on uvloop when installed, else on the stdlib loop."""
+    if uvloop is None:
+        return int(asyncio.run(main))
+    return int(uvloop.run(main))
+
+
+def serve(config: ServeConfig, workers: int) -> int:
+    """Run `workers` processes sharing the listening port; the first one alone writes state and admin."""
+    if workers <= 1:
+        return run_event_loop(_serve_until_signalled(config))
+    children: list[int] = []
+    for index in range(workers):
+        worker_config = config if index == 0 else _secondary(config)
+        pid = os.fork()
+        if pid == 0:
+            code = run_event_loop(_serve_until_signalled(_with_reuse_port(worker_config)))
+            os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    worst = 0
+    for child in children:
+        _, status = os.waitpid(child, 0)
+        worst = max(worst, os.waitstatus_to_exitcode(status))
+    return worst
+
+
+def _with_reuse_port(config: ServeConfig) -> ServeConfig:
+    return replace(config, reuse_port=True)
+
+
+def _secondary(config: ServeConfig) -> ServeConfig:
+    return replace(config, admin_listen=None, state_file=None)
+
+
+def parse_listen(text: str, flag: str) -> tuple[str, int]:
+    """HOST:PORT, [V6]:PORT or :PORT (all addresses)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{flag} {text!r}: expected HOST:PORT, e.g. 0.0.0.0:8080")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def loopback_backends(translation: Translation) -> list[tuple[str, str, int]]:
+    """(service, ip, port) for every loopback endpoint: what `kubegate demo` starts echo backends for."""
+    seen: dict[tuple[str, int], str] = {}
+    for cluster, endpoints in sorted(translation.endpoints.clusters.items()):
+        service = cluster.split(":", 1)[0]
+        for endpoint in endpoints:
+            if endpoint.ip.startswith("127.") or endpoint.ip == "::1":
+                seen.setdefault((endpoint.ip, endpoint.port), service)
+    return [(service, ip, port) for (ip, port), service in sorted(seen.items())]
+
+
+def demo_commands(translation: Translation, address: tuple[str, int]) -> list[str]:
+    host, port = address
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    commands = []
+    for vhost in translation.routing.virtual_hosts:
+        for route in vhost.routes:
+            if route.match == "Regex":
+                continue
+            name = vhost.host.replace("*", "demo") if vhost.host else ""
+            header = f"-H 'Host: {name}' " if name else ""
+            commands.append(f"curl {header}http://{target}:{port}{route.path}")
+    return commands
+
+
+async def run_demo(config: ServeConfig) -> int:
+    """Serve the manifests with echo backends on their loopback endpoints, and print curl commands."""
+    gateway = Gateway(config)
+    gateway.reconciler.reload()
+    translation = gateway.reconciler.translation
+    assert translation is not None
+    backends = []
+    for service, ip, port in loopback_backends(translation):
+        try:
+            backends.append(await start_echo(service, ip, port))
+        except OSError as error:
+            print(f"kubegate demo: cannot start the echo backend for {service} on {ip}:{port}: {error}")
+    try:
+        await gateway.start()
+    except ListenError as error:
+        print(f"kubegate: {error}", file=sys.stderr)
+        return 2
+    assert gateway.address is not None
+    print(
+        f"kubegate demo: serving {', '.join(config.paths)} on http://{gateway.address[0]}:{gateway.address[1]}"
+    )
+    print("try:")
+    for command in demo_commands(translation, gateway.address):
+        print(f"  {command}")
+    sys.stdout.flush()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, gateway.trigger.set)
+    await stop.wait()
+    await gateway.stop()
+    for backend in backends:
+        backend.close()
+    return 0
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)))

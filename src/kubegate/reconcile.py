@@ -1,0 +1,148 @@
+"""The reconcile step for the file source: load, diff in the store, translate, publish.
+
+`Reconciler.reload()` is synchronous and cheap to call often: it loads every manifest (the files are the
+source of truth), lets the store decide whether anything changed, and only then translates with the
+memoising Translator and hands the result to the publisher. The loop around it (`watch`) coalesces bursts
+of file events (editors write several times per save) before reloading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import watchfiles
+
+from kubegate.objects.meta import ObjectKey, Origin
+from kubegate.sources.files import Problem, line_of, load_paths
+from kubegate.state import StateError, load_allocations, save_allocations
+from kubegate.store import Store
+from kubegate.translate import Translator
+from kubegate.translate.context import Allocations, Options, Translation
+
+log = logging.getLogger("kubegate.reconcile")
+
+# hold-off after the first file event, so a burst becomes one reload; capped so a steady stream of
+# events cannot postpone the reload forever
+COALESCE_SECONDS = 0.1
+COALESCE_CAP_SECONDS = 1.0
+
+# time for the file watcher to start; see watch()
+WATCH_SETTLE_SECONDS = 0.3
+
+Publisher = Callable[[Translation], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadReport:
+    version: int
+    changed: bool
+    problems: tuple[Problem, ...]
+    seconds: float
+
+
+class Reconciler:
+    def __init__(
+        self, paths: Sequence[str], options: Options, publish: Publisher, state_file: Path | None = None
+    ) -> None:
+        self.paths = list(paths)
+        self.options = options
+        self.store = Store()
+        self.translator = Translator()
+        self.publish = publish
+        self.state_file = state_file
+        self.allocations = load_allocations(state_file) if state_file is not None else Allocations()
+        self.translation: Translation | None = None
+        self.reloads = 0
+        self.failed_reloads = 0
+        self.last_problems: tuple[Problem, ...] = ()
+
+    def reload(self) -> ReloadReport:
+        started = time.perf_counter()
+        result = load_paths(self.paths)
+        change = self.store.apply(result)
+        for key in change.kept:
+            log.warning("%s: new version is invalid; keeping the last good one", key)
+        changed = change.changed or self.translation is None
+        problems = list(result.problems)
+        if changed:
+            translation = self.translator.translate(self.store.snapshot, self.options, self.allocations)
+            problems.extend(self._placed(translation))
+            self._persist(translation.allocations)
+            # publish first: the publisher compares with self.translation, the version still serving
+            self.publish(translation)
+            self.translation = translation
+        self.reloads += 1
+        self.last_problems = tuple(problems)
+        for problem in problems:
+            level = logging.ERROR if problem.severity == "error" else logging.WARNING
+            log.log(level, "%s", problem)
+        return ReloadReport(self.store.version, changed, self.last_problems, time.perf_counter() - started)
+
+    def _placed(self, translation: Translation) -> list[Problem]:
+        placed = []
+        for diagnostic in translation.diagnostics:
+            origin = self.store.origin(diagnostic.object) or Origin("<translation>", 0, 0)
+            if diagnostic.field and origin.line:
+                origin = origin._replace(line=line_of(origin, diagnostic.field))
+            placed.append(
+                Problem(origin, diagnostic.object, diagnostic.field, diagnostic.message, diagnostic.severity)
+            )
+        return placed
+
+    def _persist(self, allocations: Allocations) -> None:
+        if allocations == self.allocations:
+            return
+        if self.state_file is not None:
+            try:
+                save_allocations(self.state_file, allocations)
+            except StateError as error:
+                # keep serving: the allocations stay in memory and the next change retries the write
+                log.error("%s", error)
+                return
+        self.allocations = allocations
+
+    def object_origin(self, key: ObjectKey) -> Origin | None:
+        return self.store.origin(key)
+
+    async def watch(self, trigger: asyncio.Event) -> None:
+        """Reload whenever files under the paths change or `trigger` is set (SIGHUP). Runs until cancelled."""
+        watched = [path for path in self.paths if path != "-"]
+
+        async def file_events() -> None:
+            async for _ in watchfiles.awatch(*watched, debounce=50, step=20, recursive=True):
+                trigger.set()
+
+        watcher = asyncio.create_task(file_events())
+        # the watcher needs a moment to register with the kernel; one catch-up reload after that picks up
+        # edits made between the initial load and then (a no-op when there were none)
+        asyncio.get_running_loop().call_later(WATCH_SETTLE_SECONDS, trigger.set)
+        try:
+            while True:
+                await trigger.wait()
+                deadline = time.monotonic() + COALESCE_CAP_SECONDS
+                trigger.clear()
+                # coalesce: wait until COALESCE_SECONDS pass without a new event, at most the cap
+                while time.monotonic() < deadline:
+                    try:
+                        await asyncio.wait_for(trigger.wait(), COALESCE_SECONDS)
+                    except TimeoutError:
+                        break
+                    trigger.clear()
+                try:
+                    report = self.reload()
+                except Exception:
+                    # a bug must not stop reloading: the last published table keeps serving
+                    self.failed_reloads += 1
+                    log.exception("reload failed; the last good configuration keeps serving")
+                    continue
+                if report.changed:
+                    log.info(
+                        "configuration version %d published in %.1f ms", report.version, report.seconds * 1e3
+                    )
+        finally:
+            watcher.cancel()

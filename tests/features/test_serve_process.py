@@ -1,0 +1,86 @@
+"""`kubegate serve` as a user runs it: a process, signals, ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+EXAMPLES = str(Path(__file__).resolve().parents[2] / "examples")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _kubegate(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kubegate.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_taken_port_is_a_clear_error() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc = _kubegate(
+            "serve",
+            EXAMPLES,
+            "--workers",
+            "1",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--admin-listen",
+            "127.0.0.1:0",
+        )
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in err
+
+
+def test_serves_admin_endpoints_and_stops_on_sigterm() -> None:
+    port, admin = _free_port(), _free_port()
+    proc = _kubegate(
+        "serve",
+        EXAMPLES,
+        "--workers",
+        "1",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--admin-listen",
+        f"127.0.0.1:{admin}",
+    )
+    try:
+        deadline = time.monotonic() + 20
+        body = b""
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=1) as response:
+                    body = response.read()
+                    break
+            except OSError:
+                time.sleep(0.1)
+        assert body == b"ok\n"
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=2) as response:
+            assert b"kubegate_config_version" in response.read()
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/debug/ir", timeout=2) as response:
+            assert b"foo.bar.com" in response.read()
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
