@@ -300,3 +300,17 @@ async def test_connection_limit() -> None:
         second = await Client.connect(port)
         assert (await second.response()).status == 503
         await first.close()
+
+
+async def test_oversized_head_is_refused_while_it_streams_in() -> None:
+    settings = ProxySettings(max_header_bytes=4096)
+    async with echo_backends("a") as ports, proxy(ROUTES, {"a": [ports["a"]]}, settings) as (_, port):
+        c = await Client.connect(port)
+        c.send(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        # the head never ends; the proxy must answer without waiting for (or holding) all of it
+        for i in range(200):
+            c.send(b"X-Filler-%d: %b\r\n" % (i, b"f" * 100))
+        assert (await c.response()).status == 431
+        c = await Client.connect(port)
+        c.send(b"GET /" + b"u" * 8000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await c.response()).status == 431

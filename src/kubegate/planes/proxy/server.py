@@ -123,6 +123,10 @@ _PAUSE_PENDING = 2
 _PAUSE_QUEUE = 4
 
 
+class _HeadersTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a request whose head passed the limits."""
+
+
 class _Failed(Exception):
     def __init__(self, reason: str, timeout: bool) -> None:
         super().__init__(reason)
@@ -143,6 +147,7 @@ class ClientConnection(asyncio.Protocol):
         self.active: _Request | None = None
         self.queue: deque[_Request] = deque()
         self.header_bytes = 0
+        self.head_too_large = False
         self.broken = False
         self.closed = False
         self.paused = 0
@@ -246,7 +251,10 @@ class ClientConnection(asyncio.Protocol):
             if offset < len(data):
                 self.tunnel_pending.append(data[offset:])
         except httptools.HttpParserError as exc:
-            self._malformed(f"malformed request: {exc}")
+            if isinstance(exc.__context__, _HeadersTooLarge) or self.head_too_large:
+                self._malformed("request header fields too large", 431)
+            else:
+                self._malformed(f"malformed request: {exc}")
 
     def _malformed(self, message: str, status: int = 400) -> None:
         self.broken = True
@@ -281,6 +289,10 @@ class ClientConnection(asyncio.Protocol):
         assert req is not None
         req.target += url
         self.header_bytes += len(url)
+        if self.header_bytes > self.settings.max_header_bytes:
+            # stop here rather than hold an unbounded head in memory
+            self.head_too_large = True
+            raise _HeadersTooLarge
 
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self.parsing
@@ -289,6 +301,9 @@ class ClientConnection(asyncio.Protocol):
             return  # trailers of a chunked body are not forwarded
         self.header_bytes += len(name) + len(value) + 4
         req.headers.append((name, value))
+        if self.header_bytes > self.settings.max_header_bytes or len(req.headers) > self.settings.max_headers:
+            self.head_too_large = True
+            raise _HeadersTooLarge
 
     def on_headers_complete(self) -> None:
         req = self.parsing
