@@ -396,6 +396,35 @@ def test_without_previous_state_the_address_in_the_status_is_kept() -> None:
     assert result.load_balancer_ips == {"b/z": "198.51.100.11", "b/a": "198.51.100.10"}
 
 
+def test_a_named_pool_is_used_even_without_auto_assign() -> None:
+    services = keyed(
+        service(
+            "a", "b", type="LoadBalancer", created="1", annotations={"kubegate.io/address-pool": "reserved"}
+        ),
+        service(
+            "m", "b", type="LoadBalancer", created="2", annotations={"metallb.io/address-pool": "reserved"}
+        ),
+    )
+    result, diagnostics = allocate(services, Allocations(), LB_OPTIONS)
+    assert result.load_balancer_ips == {"b/a": "203.0.113.0", "b/m": "203.0.113.1"}
+    assert diagnostics == []
+
+
+def test_a_named_pool_that_does_not_serve_the_service_is_an_error() -> None:
+    annotations = {"metallb.universe.tf/address-pool": "team-a"}
+    previous = Allocations(load_balancer_ips={"b/y": "198.51.100.10"})
+    services = keyed(service("y", "b", type="LoadBalancer", annotations=annotations))
+    result, diagnostics = allocate(services, previous, LB_OPTIONS)
+    assert result.load_balancer_ips == {}
+    assert errors(diagnostics) == [
+        (
+            "Service b/y",
+            "metadata.annotations[metallb.universe.tf/address-pool]",
+            "no address pool named team-a serves namespace b and loadBalancerClass kubegate.io/load-balancer",
+        )
+    ]
+
+
 def test_several_annotated_addresses_use_the_first_with_a_warning() -> None:
     annotations = {LOAD_BALANCER_IPS_ANNOTATION: "198.51.100.11,2001:db8::1"}
     result, diagnostics = allocate(
@@ -548,6 +577,11 @@ def service_sets(draw: st.DrawFn) -> Services:
             load_balancer_class=draw(st.sampled_from([None, None, "other"])),
             allocate_node_ports=draw(st.booleans()),
             status_ip=draw(st.sampled_from(["", "", *LB_IPS])),
+            annotations=draw(
+                st.sampled_from(
+                    [{}, {}, {"kubegate.io/address-pool": "manual"}, {"metallb.io/address-pool": "ns-a"}]
+                )
+            ),
         )
     return services
 

@@ -9,7 +9,9 @@ Rules, in the order they apply to each kind of value:
 1. A value the Service asks for in its spec (``spec.clusterIP``, ``spec.ports[].nodePort``,
    ``spec.loadBalancerIP`` or a ``loadBalancerIPs`` annotation) wins over whatever it held before. It
    must be valid (inside the service CIDR, the nodePort range, or a pool the Service may use); if not,
-   the Service gets an error and nothing for that field.
+   the Service gets an error and nothing for that field. An address in the ``kubegate.io/loadBalancerIPs``
+   annotation (or MetalLB's ``metallb.io/loadBalancerIPs`` / ``metallb.universe.tf/loadBalancerIPs``)
+   takes precedence over ``spec.loadBalancerIP``.
 2. Otherwise the value it held in ``previous`` is kept, as long as it is still valid. (For LoadBalancer
    IPs, a Service missing from ``previous`` falls back to the first IP of its
    ``status.loadBalancer.ingress``, which kubegate itself wrote when watching the API server.)
@@ -25,6 +27,10 @@ for the ``default/kubernetes`` Service, which the API server always gives that a
 it are told it is taken by default/kubernetes. Dynamic allocation therefore starts at the second host
 address. (The API server hands out dynamic IPs at random from the upper part of the range; we take the
 lowest free address instead, so results are reproducible.)
+
+A LoadBalancer Service may name its pool with the ``kubegate.io/address-pool`` annotation (MetalLB's
+``metallb.io/address-pool`` and ``metallb.universe.tf/address-pool`` work too); it then gets an address
+from that pool only, whether or not the pool assigns automatically.
 
 LoadBalancer pools use every address of a CIDR, network and broadcast included, as MetalLB does: the
 pool exists only to hold virtual IPs, so there is no subnet broadcast to protect. A pool with
@@ -49,6 +55,18 @@ from kubegate.translate.context import Allocations, Diagnostic, Options, Pool
 
 LOAD_BALANCER_IPS_ANNOTATION = "kubegate.io/loadBalancerIPs"
 METALLB_LOAD_BALANCER_IPS_ANNOTATION = "metallb.universe.tf/loadBalancerIPs"
+# request addresses; checked in this order, before the deprecated spec.loadBalancerIP
+LOAD_BALANCER_IPS_ANNOTATIONS = (
+    LOAD_BALANCER_IPS_ANNOTATION,
+    "metallb.io/loadBalancerIPs",
+    METALLB_LOAD_BALANCER_IPS_ANNOTATION,
+)
+# choose the pool by name; MetalLB's current and former spellings are honoured too
+ADDRESS_POOL_ANNOTATIONS = (
+    "kubegate.io/address-pool",
+    "metallb.io/address-pool",
+    "metallb.universe.tf/address-pool",
+)
 # The API server gives the first host address of the service CIDR to this Service.
 KUBERNETES_SERVICE = "default/kubernetes"
 
@@ -552,9 +570,19 @@ def _serves(pool: Pool, namespace: str, service_class: str) -> bool:
     )
 
 
+def _requested_pool(service: Service) -> tuple[str, str] | None:
+    """The pool a Service names in an annotation, and where."""
+    annotations = service.metadata.annotations
+    for name in ADDRESS_POOL_ANNOTATIONS:
+        chosen = annotations.get(name, "").strip()
+        if chosen:
+            return chosen, f"metadata.annotations[{name}]"
+    return None
+
+
 def _requested_load_balancer_ip(subject: _Subject, diagnostics: list[Diagnostic]) -> tuple[str, str]:
     annotations = subject.service.metadata.annotations
-    for name in (LOAD_BALANCER_IPS_ANNOTATION, METALLB_LOAD_BALANCER_IPS_ANNOTATION):
+    for name in LOAD_BALANCER_IPS_ANNOTATIONS:
         if name in annotations:
             where = f"metadata.annotations[{name}]"
             addresses = [part.strip() for part in annotations[name].split(",") if part.strip()]
@@ -592,7 +620,9 @@ def _allocate_load_balancer_ips(
 ) -> dict[str, Value]:
     diagnostics = context.diagnostics
     pools = _parse_pools(options.pools)
-    wanting: list[tuple[_Subject, list[int]]] = []
+    outcome = _Outcome()
+    # (Service, indexes of the pools it may use, whether it named its pool)
+    wanting: list[tuple[_Subject, list[int], bool]] = []
     for subject in subjects:
         service = subject.service
         if service.spec.type != "LoadBalancer" or not _needs_cluster_ip(service):
@@ -605,11 +635,24 @@ def _allocate_load_balancer_ips(
             for index, parsed in enumerate(pools)
             if _serves(parsed.pool, subject.namespace, service_class)
         ]
-        wanting.append((subject, allowed))
+        chosen = _requested_pool(service)
+        if chosen is not None:
+            allowed = [index for index in allowed if pools[index].pool.name == chosen[0]]
+            if not allowed:
+                outcome.failed.add(subject.holder)
+                diagnostics.append(
+                    _error(
+                        subject.object,
+                        chosen[1],
+                        f"no address pool named {chosen[0]} serves namespace {subject.namespace} and "
+                        f"loadBalancerClass {service_class}",
+                    )
+                )
+                continue
+        wanting.append((subject, allowed, chosen is not None))
 
-    outcome = _Outcome()
     claims: list[_Claim] = []
-    for subject, allowed in wanting:
+    for subject, allowed, _ in wanting:
         holder = subject.holder
         requested, where = _requested_load_balancer_ip(subject, diagnostics)
         if requested:
@@ -629,7 +672,7 @@ def _allocate_load_balancer_ips(
         if value is not None and any(pools[index].contains(value) for index in allowed):
             claims.append(_Claim(holder, holder, value, None))
 
-    by_holder = {subject.holder: subject for subject, _ in wanting}
+    by_holder = {subject.holder: subject for subject, _, _ in wanting}
     _resolve(
         claims,
         lambda holder, value: _previous_load_balancer_ip(by_holder[holder], previous) == value,
@@ -640,10 +683,11 @@ def _allocate_load_balancer_ips(
     taken = set(outcome.assigned.values())
     cursors = [_Cursor(parsed.ranges, parsed.pool.avoid_buggy_ips) for parsed in pools]
     exhausted: set[int] = set()
-    for subject, allowed in wanting:
+    for subject, allowed, named in wanting:
         if subject.holder in outcome.assigned or subject.holder in outcome.failed:
             continue
-        automatic = [index for index in allowed if pools[index].pool.auto_assign]
+        # naming a pool is asking for it explicitly, so its autoAssign does not matter (as in MetalLB)
+        automatic = allowed if named else [index for index in allowed if pools[index].pool.auto_assign]
         value = None
         for index in automatic:
             if index in exhausted:

@@ -51,6 +51,9 @@ class IngressAnnotations:
         )
 
 
+_DEFAULTS = IngressAnnotations()
+
+
 def _lookup(annotations: Mapping[str, str], name: str) -> tuple[str, str] | None:
     for prefix in PREFIXES:
         key = prefix + name
@@ -78,6 +81,9 @@ def parse_size(value: str) -> int | None:
 
 def parse_annotations(key: ObjectKey, annotations: Mapping[str, str]) -> IngressAnnotations:
     """Read every annotation we understand from one Ingress's metadata."""
+    if not any(name.startswith(PREFIXES) for name in annotations):
+        # most Ingresses carry none of ours: skip the parsing (it is most of a fragment's cost)
+        return _DEFAULTS
     diagnostics: list[Diagnostic] = []
     values: dict[str, object] = {}
 
