@@ -205,9 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     baseline = _rss_mb()
     translator = Translator()
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     translation = translator.translate(snapshot, options)
     full_s = time.perf_counter() - started
+    full_cpu_s = time.process_time() - started_cpu
     memory_mb = _rss_mb() - baseline
 
     endpoints = sum(len(found) for found in translation.endpoints.clusters.values())
@@ -219,44 +220,51 @@ def main(argv: list[str] | None = None) -> int:
 
     allocations = translation.allocations
     translator.translate(snapshot, options, allocations)  # settle: allocations fed back, as the loop does
-    timings = []
+    timings, cpu_timings = [], []
     current = snapshot
     for round_ in range(args.rounds):
         current = changed(current, round_)
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         after = translator.translate(current, options, allocations)
         timings.append((time.perf_counter() - started) * 1000)
+        cpu_timings.append((time.process_time() - started_cpu) * 1000)
     change_ms = statistics.median(timings)
+    change_cpu_ms = statistics.median(cpu_timings)
     assert any(r.path.startswith("/changed-") for v in after.routing.virtual_hosts for r in v.routes)
 
     print(
         f"kubegate translate bench: {len(snapshot.ingresses)} Ingresses on {size.hosts} hosts "
         f"({routes} routes), {len(snapshot.services)} Services, {endpoints} endpoints"
     )
+    # CPU time is the figure to hold against the targets on a shared machine: wall time also counts
+    # the time other processes had the core
     scale = 10 if args.quick else 1
     rows = [
         (
             "full translation",
+            f"{full_cpu_s:.2f} s",
             f"{full_s:.2f} s",
             f"< {TARGET_FULL_S / scale:.2f} s",
-            full_s < TARGET_FULL_S / scale,
+            full_cpu_s < TARGET_FULL_S / scale,
         ),
         (
             "peak memory growth",
             f"{memory_mb:.0f} MB",
+            "",
             f"< {TARGET_MEMORY_MB / scale:.0f} MB",
             memory_mb < TARGET_MEMORY_MB / scale,
         ),
         (
             "one Ingress changed",
+            f"{change_cpu_ms:.1f} ms",
             f"{change_ms:.1f} ms",
             f"< {TARGET_CHANGE_MS:.0f} ms",
-            change_ms < TARGET_CHANGE_MS,
+            change_cpu_ms < TARGET_CHANGE_MS,
         ),
     ]
-    print(f"{'measure':<22}{'figure':>12}{'target':>14}")
-    for name, figure, target, ok in rows:
-        print(f"{name:<22}{figure:>12}{target:>14}  {'ok' if ok else 'MISSED'}")
+    print(f"{'measure':<22}{'cpu':>12}{'wall':>12}{'target':>14}")
+    for name, figure, wall, target, ok in rows:
+        print(f"{name:<22}{figure:>12}{wall:>12}{target:>14}  {'ok' if ok else 'MISSED'}")
     print(f"(peak RSS {_rss_mb():.0f} MB in all, objects included; re-translation median of {args.rounds})")
     return 0
 
