@@ -1,0 +1,274 @@
+"""HTTP proxy benchmark: wrk against the backend directly, through nginx, and through kubegate.
+
+All three run on this machine in the same session, interleaved over several rounds, so their figures are
+comparable. Layout on a 2-core machine (documented in the README):
+- CPU 1: the proxy under test (nginx with one worker, or `kubegate serve --workers 1`), alone;
+- CPU 0: wrk (one thread) and the backend (nginx, one worker, answering a small fixed body).
+The proxy is the bottleneck in the proxied runs; "direct" shows what the backend+wrk core can do.
+
+Targets (issue "The embedded gateway"): kubegate >= 0.6x nginx req/s, p99 <= 2x nginx's.
+
+Run: .venv/bin/python bench/proxy.py [--rounds 3] [--seconds 10] [--connections 50] [--quick]
+Needs the Debian packages nginx (or nginx-light) and wrk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+HOST = "bench.local"
+BODY = "hello from the backend\n"
+
+
+@dataclass(frozen=True)
+class Result:
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {seconds} s")
+
+
+def pinned(cpu: int, argv: list[str]) -> list[str]:
+    return ["taskset", "-c", str(cpu), *argv] if shutil.which("taskset") and os.cpu_count() != 1 else argv
+
+
+NGINX_COMMON = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx-{name}.pid;
+error_log {dir}/nginx-{name}-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body-{name};
+  proxy_temp_path {dir}/proxy-{name};
+  fastcgi_temp_path {dir}/fastcgi-{name};
+  uwsgi_temp_path {dir}/uwsgi-{name};
+  scgi_temp_path {dir}/scgi-{name};
+  keepalive_requests 1000000;
+  {body}
+}}
+"""
+
+BACKEND = """
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{ default_type text/plain; return 200 "{text}"; }}
+  }}
+"""
+
+# configured like kubegate's defaults: HTTP/1.1 keep-alive upstream, forwarding headers set
+NGINX_PROXY = """
+  upstream backend {{ server 127.0.0.1:{backend}; keepalive 32; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    server_name {host};
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Real-IP $remote_addr;
+      proxy_set_header X-Forwarded-Proto $scheme;
+    }}
+  }}
+"""
+
+MANIFESTS = """\
+apiVersion: v1
+kind: Service
+metadata: {{name: backend}}
+spec:
+  ports: [{{name: http, port: 80}}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: backend}}
+subsets:
+  - addresses: [{{ip: 127.0.0.1}}]
+    ports: [{{name: http, port: {backend}}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: bench}}
+spec:
+  rules:
+    - host: {host}
+      http:
+        paths:
+          - path: /
+            pathType: Prefix
+            backend: {{service: {{name: backend, port: {{number: 80}}}}}}
+"""
+
+
+@contextlib.contextmanager
+def process(argv: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def nginx(
+    workdir: Path, name: str, body: str, port: int, cpu: int
+) -> contextlib.AbstractContextManager[object]:
+    conf = workdir / f"nginx-{name}.conf"
+    conf.write_text(NGINX_COMMON.format(dir=workdir, name=name, body=body))
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    return process(pinned(cpu, [binary, "-c", str(conf), "-p", str(workdir)]), port)
+
+
+def kubegate(workdir: Path, backend: int, port: int, cpu: int) -> contextlib.AbstractContextManager[object]:
+    manifests = workdir / "manifests"
+    manifests.mkdir(exist_ok=True)
+    (manifests / "bench.yaml").write_text(MANIFESTS.format(backend=backend, host=HOST))
+    argv = [
+        sys.executable,
+        "-m",
+        "kubegate.cli",
+        "serve",
+        str(manifests),
+        "--workers",
+        "1",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--admin-listen",
+        f"127.0.0.1:{free_port()}",
+        "--access-log",
+        "off",
+    ]
+    return process(pinned(cpu, argv), port)
+
+
+_LATENCY = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def run_wrk(port: int, seconds: int, connections: int, cpu: int) -> Result:
+    argv = pinned(
+        cpu,
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-H",
+            f"Host: {HOST}",
+            f"http://127.0.0.1:{port}/",
+        ],
+    )
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if rps is None:
+        raise RuntimeError(f"cannot read wrk output:\n{out}")
+    latency = {pct: float(value) * _UNITS[unit] for pct, value, unit in _LATENCY.findall(out)}
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors += int(non2xx.group(1)) if non2xx else 0
+    return Result(float(rps.group(1)), latency.get("50", 0.0), latency.get("99", 0.0), errors)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--quick", action="store_true", help="1 round of 2 s: a smoke test")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.seconds = 1, 2
+    for tool in ("wrk",):
+        if shutil.which(tool) is None:
+            print(
+                f"bench/proxy.py: {tool} is not installed (apt-get install wrk nginx-light)", file=sys.stderr
+            )
+            return 2
+    if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
+        print("bench/proxy.py: nginx is not installed (apt-get install nginx-light)", file=sys.stderr)
+        return 2
+    results: dict[str, list[Result]] = {"direct": [], "nginx": [], "kubegate": []}
+    with tempfile.TemporaryDirectory(prefix="kubegate-bench-") as tmp:
+        workdir = Path(tmp)
+        backend_port = free_port()
+        backend = BACKEND.format(port=backend_port, text=BODY.replace("\n", "\\n"))
+        with nginx(workdir, "backend", backend, backend_port, cpu=0):
+            for round_no in range(1, args.rounds + 1):
+                results["direct"].append(run_wrk(backend_port, args.seconds, args.connections, cpu=0))
+                port = free_port()
+                body = NGINX_PROXY.format(backend=backend_port, port=port, host=HOST)
+                with nginx(workdir, "proxy", body, port, cpu=1):
+                    results["nginx"].append(run_wrk(port, args.seconds, args.connections, cpu=0))
+                port = free_port()
+                with kubegate(workdir, backend_port, port, cpu=1):
+                    run_wrk(port, 1, args.connections, cpu=0)  # warm-up
+                    results["kubegate"].append(run_wrk(port, args.seconds, args.connections, cpu=0))
+                print(f"round {round_no}/{args.rounds} done", file=sys.stderr)
+    print_table(results, args)
+    return 0
+
+
+def print_table(results: dict[str, list[Result]], args: argparse.Namespace) -> None:
+    def median(name: str, attr: str) -> float:
+        return float(statistics.median(getattr(r, attr) for r in results[name]))
+
+    print(
+        f"\nwrk -t1 -c{args.connections} -d{args.seconds}s, keep-alive, {len(BODY)}-byte responses, "
+        f"median of {args.rounds} interleaved rounds"
+    )
+    print(f"{'target':<10} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    for name, runs in results.items():
+        errors = sum(r.errors for r in runs)
+        print(
+            f"{name:<10} {median(name, 'requests_per_second'):>10.0f} {median(name, 'p50_ms'):>8.2f} "
+            f"{median(name, 'p99_ms'):>8.2f} {errors:>7}"
+        )
+    rps_ratio = median("kubegate", "requests_per_second") / median("nginx", "requests_per_second")
+    p99_ratio = median("kubegate", "p99_ms") / max(median("nginx", "p99_ms"), 1e-9)
+    print(f"\nkubegate/nginx req/s: {rps_ratio:.2f}x (target >= 0.60x)")
+    print(f"kubegate/nginx p99:   {p99_ratio:.2f}x (target <= 2.00x)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
