@@ -37,6 +37,7 @@ from kubegate.translate.ingress import (
     IngressFragment,
     build_fragment,
     merge_host_routes,
+    shared_options,
 )
 from kubegate.translate.services import ServicesResult, find_port, port_cluster, translate_services
 from kubegate.translate.tls import CertificateCache, translate_tls
@@ -80,7 +81,9 @@ def _build_host(host: str, fragments: tuple[IngressFragment, ...], certificate: 
     if certificate is None:
         # nothing to redirect to: plain HTTP keeps working on hosts without a certificate
         routes = tuple(
-            msgspec.structs.replace(r, options=msgspec.structs.replace(r.options, ssl_redirect=False))
+            msgspec.structs.replace(
+                r, options=shared_options(msgspec.structs.replace(r.options, ssl_redirect=False))
+            )
             if r.options.ssl_redirect
             else r
             for r in routes

@@ -32,6 +32,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import msgspec
+
 from kubegate.ir.model import Backend, Balance, Cluster, MatchKind, Route, RouteOptions, cluster_name
 from kubegate.objects.kinds import Ingress, IngressBackend, IngressTLS, Service
 from kubegate.objects.meta import ObjectKey
@@ -46,6 +48,17 @@ Age = tuple[bool, str, str, str]
 
 _LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _HOST = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")
+
+
+# the very default object of Route.options: msgspec's omit_defaults compares by identity, so using it
+# keeps "options: {}" out of the canonical dump for routes without options
+DEFAULT_ROUTE_OPTIONS: RouteOptions = next(
+    field.default for field in msgspec.structs.fields(Route) if field.name == "options"
+)
+
+
+def shared_options(options: RouteOptions) -> RouteOptions:
+    return DEFAULT_ROUTE_OPTIONS if options == DEFAULT_ROUTE_OPTIONS else options
 
 
 def ingress_key(ingress: Ingress) -> ObjectKey:
@@ -204,6 +217,7 @@ def build_fragment(ingress: Ingress, services: Mapping[NamespacedName, Service])
         upstream_vhost=annotations.upstream_vhost,
         backend_protocol="HTTPS" if annotations.backend_protocol == "HTTPS" else "HTTP",
     )
+    options = shared_options(options)
     source = f"Ingress {ingress.metadata.namespace}/{ingress.metadata.name}"
     spec = ingress.spec
     routes: list[HostRoute] = []

@@ -34,6 +34,8 @@ class UpstreamConnection(asyncio.Protocol):
         "_complete",
         "_head",
         "_headers",
+        "_expire",
+        "_idle_deadline",
         "_idle_timer",
         "_last_activity",
         "_loop",
@@ -74,6 +76,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._read_timeout = 60.0
         self._read_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_deadline: float | None = None
+        self._expire: tuple[Callable[[Address, UpstreamConnection], None], Address] | None = None
         self._last_activity = 0.0
         self._reading_paused = False
 
@@ -102,7 +106,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._until_close = False
         self._read_timeout = read_timeout
         self._last_activity = self._loop.time()
-        self._read_timer = self._loop.call_at(self._last_activity + read_timeout, self._check_read_timeout)
+        # the handle outlives exchanges (see _check_read_timeout): one per read_timeout, not per request
+        if self._read_timer is None:
+            self._read_timer = self._loop.call_at(
+                self._last_activity + read_timeout, self._check_read_timeout
+            )
 
     def write(self, data: bytes) -> None:
         if self.transport is not None:
@@ -113,11 +121,12 @@ class UpstreamConnection(asyncio.Protocol):
         return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
     def detach(self) -> None:
+        # the read timer is left to fire: it sees no sink and lapses
         self.sink = None
-        self._cancel_read_timer()
 
     def close(self) -> None:
         self.detach()
+        self._cancel_read_timer()
         self.closed = True
         self.cancel_idle_timer()
         if self.transport is not None:
@@ -125,17 +134,39 @@ class UpstreamConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         self.detach()
+        self._cancel_read_timer()
         self.closed = True
         self.cancel_idle_timer()
         if self.transport is not None:
             self.transport.abort()
 
+    # Lazy like the read timer: taking a connection from the pool clears the deadline instead of
+    # cancelling the handle, so a busy connection does not create a timer handle per request.
     def start_idle_timer(
         self, timeout: float, expire: Callable[[Address, UpstreamConnection], None], address: Address
     ) -> None:
-        self._idle_timer = self._loop.call_later(timeout, expire, address, self)
+        self._idle_deadline = self._loop.time() + timeout
+        self._expire = (expire, address)
+        if self._idle_timer is None:
+            self._idle_timer = self._loop.call_at(self._idle_deadline, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        deadline = self._idle_deadline
+        if deadline is None or self.closed:
+            return
+        if self._loop.time() < deadline:
+            self._idle_timer = self._loop.call_at(deadline, self._idle_check)
+            return
+        if self._expire is not None:
+            expire, address = self._expire
+            expire(address, self)
+
+    def idle_taken(self) -> None:
+        self._idle_deadline = None
 
     def cancel_idle_timer(self) -> None:
+        self._idle_deadline = None
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
@@ -193,6 +224,7 @@ class UpstreamConnection(asyncio.Protocol):
         was_closed = self.closed
         self.closed = True
         self.cancel_idle_timer()
+        self._cancel_read_timer()
         sink = self.sink
         if sink is None:
             return

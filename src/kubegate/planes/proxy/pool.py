@@ -26,7 +26,7 @@ class UpstreamPool:
         idle = self._idle.get(address)
         while idle:
             conn = idle.pop()
-            conn.cancel_idle_timer()
+            conn.idle_taken()
             if conn.usable():
                 return conn
         return None
