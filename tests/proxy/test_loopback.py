@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from kubegate.ir.model import Backend, Cluster, Endpoint, EndpointTable, Route, RoutingTable, VirtualHost
+from kubegate.planes.proxy.http import ProxySettings
 from tests.proxy.helpers import Client, echo_backends, get, prefix, proxy, table_for
 
 
@@ -159,3 +162,27 @@ async def test_hash_balancing_is_sticky_per_key_through_the_proxy() -> None:
             await c.close()
             assert all(len(names) == 1 for names in owners.values())
             assert len(set().union(*owners.values())) > 1
+
+
+async def test_idle_upstream_connections_expire_and_pool_is_capped() -> None:
+
+    settings = ProxySettings(upstream_idle_timeout=0.2, upstream_max_idle=2)
+    async with (
+        echo_backends("a") as ports,
+        proxy(table_for({"": (prefix("/", "a"),)}), {"a": [ports["a"]]}, settings) as (server, port),
+    ):
+        address = ("127.0.0.1", ports["a"])
+        clients = [await Client.connect(port) for _ in range(4)]
+        for c in clients:
+            c.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        # four concurrent requests need four upstream connections; only two stay idle
+        for c in clients:
+            assert (await c.response()).status == 200
+        assert server.pool.opened[address] >= 2
+        assert server.pool.idle_count(address) <= 2
+        await asyncio.sleep(0.5)
+        assert server.pool.idle_count(address) == 0
+        clients[0].send(get("/again"))
+        assert (await clients[0].response()).status == 200
+        for c in clients:
+            await c.close()

@@ -32,9 +32,9 @@ class ResponseSink(Protocol):
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_complete",
+        "_expire",
         "_head",
         "_headers",
-        "_expire",
         "_idle_deadline",
         "_idle_timer",
         "_last_activity",
