@@ -168,3 +168,23 @@ async def test_response_head_reaches_client_before_a_late_body() -> None:
         release.set()
         assert await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5) == b"4\r\nlate\r\n0\r\n\r\n"
         writer.close()
+
+
+async def test_http10_client_gets_chunked_upstream_body_close_delimited() -> None:
+    async def chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n"
+        )
+        await writer.drain()
+        await reader.read(1)
+
+    async with raw_backend(chunked) as (bport, _), proxy(ROUTES, {"a": [bport]}) as (_, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        raw = await asyncio.wait_for(reader.read(-1), 5)  # until the proxy closes
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        assert b"transfer-encoding" not in head.lower() and b"Connection: close" in head
+        assert body == b"abcdefg"
+        writer.close()
