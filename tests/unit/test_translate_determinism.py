@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 
 from kubegate.ir.dump import dump_translation
 from kubegate.objects.kinds import (
+    Container,
+    ContainerPort,
     HTTPIngressPath,
     HTTPIngressRuleValue,
     Ingress,
@@ -17,6 +19,10 @@ from kubegate.objects.kinds import (
     IngressServiceBackend,
     IngressSpec,
     KubeObject,
+    Pod,
+    PodCondition,
+    PodSpec,
+    PodStatus,
     Service,
     ServiceBackendPort,
     ServicePort,
@@ -114,3 +120,62 @@ def test_warm_translator_equals_fresh_translation(before: list[KubeObject], afte
         for o in after
     ]
     assert translator.translate(Snapshot.of(merged)) == translate(Snapshot.of(merged))
+
+
+_labels = st.dictionaries(st.sampled_from(["app", "tier"]), st.sampled_from(["a", "b"]), max_size=2)
+
+
+@st.composite
+def _pods(draw: st.DrawFn) -> dict[str, Pod]:
+    pods = {}
+    for index in draw(st.sets(st.integers(0, 6), max_size=6)):
+        pods[f"p{index}"] = Pod(
+            metadata=ObjectMeta(
+                name=f"p{index}", namespace=draw(st.sampled_from(["default", "other"])), labels=draw(_labels)
+            ),
+            spec=PodSpec(
+                containers=(
+                    Container(
+                        name="c",
+                        ports=(
+                            ContainerPort(name="web", container_port=draw(st.sampled_from([8080, 9090]))),
+                        ),
+                    ),
+                )
+            ),
+            status=PodStatus(
+                phase="Running",
+                pod_ip=f"10.0.0.{index}",
+                conditions=(PodCondition(type="Ready", status=draw(st.sampled_from(["True", "False"]))),),
+            ),
+        )
+    return pods
+
+
+@settings(max_examples=80, deadline=None)
+@given(before=_pods(), after=_pods(), keep=st.sets(st.integers(0, 6)))
+def test_warm_translator_follows_pod_changes(
+    before: dict[str, Pod], after: dict[str, Pod], keep: set[int]
+) -> None:
+    services: list[KubeObject] = [
+        Service(
+            metadata=ObjectMeta(name=name),
+            spec=ServiceSpec(
+                selector=selector, ports=(ServicePort(name="http", port=80, target_port="web"),)
+            ),
+        )
+        for name, selector in (
+            ("app-a", {"app": "a"}),
+            ("tier-b", {"tier": "b"}),
+            ("both", {"app": "a", "tier": "b"}),
+        )
+    ]
+    # some pods stay the very same objects, the rest come and go or change
+    merged = dict(after)
+    for index in keep:
+        if f"p{index}" in before:
+            merged[f"p{index}"] = before[f"p{index}"]
+    translator = Translator()
+    translator.translate(Snapshot.of([*services, *before.values()]))
+    second = Snapshot.of([*services, *merged.values()])
+    assert translator.translate(second) == translate(second)

@@ -26,7 +26,7 @@ from kubegate.ir.model import (
     RoutingTable,
     VirtualHost,
 )
-from kubegate.objects.kinds import Ingress, Service, ServiceBackendPort
+from kubegate.objects.kinds import Ingress, Pod, Service, ServiceBackendPort
 from kubegate.objects.meta import ObjectKey
 from kubegate.objects.snapshot import Snapshot
 from kubegate.translate.classes import ClassSelector
@@ -45,6 +45,8 @@ from kubegate.translate.tls import CertificateCache, translate_tls
 __all__ = ["Translator", "translate"]
 
 _DEFAULT_OPTIONS = Options()
+# more changed Pods than this and rebuilding the index from scratch is as cheap as patching it
+_MAX_POD_DELTA = 500
 _NO_ALLOCATIONS = Allocations()
 
 K = TypeVar("K")
@@ -162,9 +164,14 @@ class Translator:
         self._services: ServicesResult | None = None
         self._sources_input: tuple[Mapping[Any, Any], ...] | None = None
         self._sources: EndpointSources | None = None
-        self._service_endpoints: dict[
-            tuple[str, str], tuple[Service, EndpointSources, dict[str, tuple[Endpoint, ...]]]
-        ] = {}
+        # per Service: its endpoints, valid while the Service is the same object and the sources are
+        # _memo_sources
+        self._service_endpoints: dict[tuple[str, str], tuple[Service, dict[str, tuple[Endpoint, ...]]]] = {}
+        self._memo_sources: EndpointSources | None = None
+        self._selectors: (
+            tuple[Mapping[tuple[str, str], Service], dict[str, list[tuple[tuple[str, str], dict[str, str]]]]]
+            | None
+        ) = None
         self._endpoint_lists: (
             tuple[EndpointSources, Mapping[tuple[str, str], Service], dict[str, tuple[Endpoint, ...]]] | None
         ) = None
@@ -214,6 +221,9 @@ class Translator:
         return self._sources
 
     def _endpoints_pass(self, snapshot: Snapshot) -> dict[str, tuple[Endpoint, ...]]:
+        delta = self._pod_delta(snapshot)
+        if delta is not None:
+            return self._apply_pod_delta(snapshot, delta)
         sources = self._endpoint_sources(snapshot)
         if (
             self._endpoint_lists is not None
@@ -222,19 +232,108 @@ class Translator:
         ):
             # nothing an endpoint depends on changed (the common case: an Ingress or Secret changed)
             return self._endpoint_lists[2]
+        if self._memo_sources is not sources:
+            self._service_endpoints = {}
+            self._memo_sources = sources
         table: dict[str, tuple[Endpoint, ...]] = {}
-        memo: dict[tuple[str, str], tuple[Service, EndpointSources, dict[str, tuple[Endpoint, ...]]]] = {}
+        memo: dict[tuple[str, str], tuple[Service, dict[str, tuple[Endpoint, ...]]]] = {}
         for key, service in snapshot.services.items():
             cached = self._service_endpoints.get(key)
-            if cached is not None and cached[0] is service and cached[1] is sources:
-                found = cached[2]
-            else:
-                found = service_endpoints(service, sources)
-            memo[key] = (service, sources, found)
+            found = (
+                cached[1]
+                if cached is not None and cached[0] is service
+                else service_endpoints(service, sources)
+            )
+            memo[key] = (service, found)
             table.update(found)
         self._service_endpoints = memo
         self._endpoint_lists = (sources, snapshot.services, table)
         return table
+
+    def _pod_delta(self, snapshot: Snapshot) -> list[tuple[Pod | None, Pod | None]] | None:
+        """The Pods that changed, as (before, after), when nothing else endpoints depend on did and
+        there are few of them; None means "take the general path"."""
+        inputs, lists = self._sources_input, self._endpoint_lists
+        if inputs is None or lists is None or self._memo_sources is not lists[0]:
+            return None
+        old_pods: Mapping[tuple[str, str], Pod] = inputs[0]
+        new_pods = snapshot.pods
+        if (
+            old_pods is new_pods
+            or not _same_mapping(lists[1], snapshot.services)
+            or not _same_mapping(inputs[1], snapshot.endpoints)
+            or not _same_mapping(inputs[2], snapshot.endpoint_slices)
+        ):
+            return None
+        delta: list[tuple[Pod | None, Pod | None]] = []
+        for key, pod in new_pods.items():
+            before = old_pods.get(key)
+            if before is not pod:
+                delta.append((before, pod))
+                if len(delta) > _MAX_POD_DELTA:
+                    return None
+        if len(old_pods) + sum(1 for before, _ in delta if before is None) != len(new_pods):
+            delta.extend((pod, None) for key, pod in old_pods.items() if key not in new_pods)
+        return delta if len(delta) <= _MAX_POD_DELTA else None
+
+    def _apply_pod_delta(
+        self, snapshot: Snapshot, delta: list[tuple[Pod | None, Pod | None]]
+    ) -> dict[str, tuple[Endpoint, ...]]:
+        """Patch the label index and recompute only the Services selecting a changed Pod."""
+        assert self._endpoint_lists is not None
+        old_sources, services, old_table = self._endpoint_lists
+        by_label = dict(old_sources.pods_by_label)
+        for before, after in delta:
+            for pod, add in ((before, False), (after, True)):
+                if pod is None:
+                    continue
+                namespace = pod.metadata.namespace
+                for label, value in pod.metadata.labels.items():
+                    slot = (namespace, label, value)
+                    if add:
+                        by_label[slot] = (*by_label.get(slot, ()), pod)
+                    else:
+                        kept = tuple(p for p in by_label.get(slot, ()) if p is not pod)
+                        if kept:
+                            by_label[slot] = kept
+                        else:
+                            by_label.pop(slot, None)
+        sources = EndpointSources(
+            pods_by_label=by_label,
+            endpoints=old_sources.endpoints,
+            slices_by_service=old_sources.slices_by_service,
+        )
+        by_namespace = self._selectors_by_namespace(services)
+        affected: set[tuple[str, str]] = set()
+        for before, after in delta:
+            for pod in (before, after):
+                if pod is None:
+                    continue
+                labels = pod.metadata.labels
+                for key, selector in by_namespace.get(pod.metadata.namespace, ()):
+                    if all(labels.get(k) == v for k, v in selector.items()):
+                        affected.add(key)
+        table = dict(old_table)
+        for key in affected:
+            service = services[key]
+            found = service_endpoints(service, sources)
+            self._service_endpoints[key] = (service, found)
+            table.update(found)
+        self._sources = self._memo_sources = sources
+        self._sources_input = (snapshot.pods, snapshot.endpoints, snapshot.endpoint_slices)
+        self._endpoint_lists = (sources, services, table)
+        return table
+
+    def _selectors_by_namespace(
+        self, services: Mapping[tuple[str, str], Service]
+    ) -> dict[str, list[tuple[tuple[str, str], dict[str, str]]]]:
+        if self._selectors is None or self._selectors[0] is not services:
+            index: dict[str, list[tuple[tuple[str, str], dict[str, str]]]] = {}
+            for key, service in services.items():
+                if service.spec.selector and service.spec.type != "ExternalName":
+                    index.setdefault(key[0], []).append((key, service.spec.selector))
+            self._selectors = (services, index)
+        return self._selectors[1]
 
     def _ingress_status(
         self, ours: dict[tuple[str, str], Ingress], options: Options
