@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kubegate.ir.dump import dump_translation
+from kubegate.ir.validate import problems
 from kubegate.objects.snapshot import Snapshot
 from kubegate.translate import translate
 from tests.golden.harness import case_paths, load_case
@@ -19,7 +20,9 @@ from tests.golden.harness import case_paths, load_case
 @pytest.mark.parametrize("case", case_paths(), ids=lambda path: path.name.removesuffix(".in.yaml"))
 def test_golden(case: Path, request: pytest.FixtureRequest) -> None:
     objects, options = load_case(case)
-    produced = dump_translation(translate(Snapshot.of(objects), options))
+    translation = translate(Snapshot.of(objects), options)
+    assert problems(translation.routing, translation.endpoints) == []
+    produced = dump_translation(translation)
     expected_path = case.with_name(case.name.replace(".in.yaml", ".out.yaml"))
     if request.config.getoption("--update-golden"):
         expected_path.write_text(produced)

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kubegate.ir.dump import dump_translation
+from kubegate.ir.validate import problems
 from kubegate.objects.kinds import (
     Container,
     ContainerPort,
@@ -102,6 +103,7 @@ def test_conflicting_ingresses_in_any_order_translate_equal(
 ) -> None:
     shuffled = data.draw(st.permutations(objects))
     first = translate(Snapshot.of(objects))
+    assert problems(first.routing, first.endpoints) == []
     assert translate(Snapshot.of(shuffled)) == first
     assert dump_translation(translate(Snapshot.of(shuffled))) == dump_translation(first)
 
