@@ -57,6 +57,8 @@ from kubegate.translate.context import Pool
 
 KUBEGATE_API_VERSION = "kubegate.io/v1alpha1"
 METALLB_API_VERSION = "metallb.io/v1beta1"
+# a typo in our own kind is an error; MetalLB's kind may grow fields we do not need
+_ADDRESS_POOL_FIELDS = ("addresses", "autoAssign", "avoidBuggyIPs", "namespaces", "loadBalancerClasses")
 _TRUE = ("true", "yes", "1", "on")
 _FALSE = ("false", "no", "0", "off")
 
@@ -186,6 +188,12 @@ def _pool_of_document(document: object, where: str) -> tuple[Pool, int | None] |
     avoid_buggy_ips = _bool(spec.get("avoidBuggyIPs", False), f"{where}: spec.avoidBuggyIPs")
     priority: int | None = None
     if kind == "AddressPool":
+        unknown = sorted(set(spec) - set(_ADDRESS_POOL_FIELDS))
+        if unknown:
+            raise PoolError(
+                f"{where}: spec.{unknown[0]} is not a field of AddressPool "
+                f"(known: {', '.join(_ADDRESS_POOL_FIELDS)})"
+            )
         namespaces = _strings(spec.get("namespaces"), f"{where}: spec.namespaces")
         classes = _strings(spec.get("loadBalancerClasses"), f"{where}: spec.loadBalancerClasses")
     else:

@@ -188,6 +188,11 @@ def test_metallb_pools_are_read_in_priority_order_and_other_kinds_skipped(tmp_pa
             "    namespaceSelectors: [{matchLabels: {a: b}}]\n",
             "spec.serviceAllocation.namespaceSelectors is not supported",
         ),
+        (
+            "apiVersion: kubegate.io/v1alpha1\nkind: AddressPool\nmetadata: {name: p}\n"
+            "spec: {addresses: [192.0.2.0/30], autoassign: false}\n",
+            "document 1 pool p: spec.autoassign is not a field of AddressPool",
+        ),
         ("- just\n- a list\n", "document 1: expected a mapping, got list"),
         ("key: [unclosed\n", "not valid YAML"),
     ],
