@@ -26,7 +26,10 @@ class ProxySettings:
     # request body limit unless the route sets RouteOptions.max_body_size (ingress-nginx: 1m)
     max_body_size: int = 1 * MiB
     max_connections: int = 10_000
-    upstream_max_idle: int = 32
+    # idle keep-alive connections kept per endpoint (ingress-nginx upstream-keepalive-connections: 320);
+    # fewer than the concurrent requests means a connect per request for the excess, which costs
+    # more than half the throughput
+    upstream_max_idle: int = 320
     upstream_idle_timeout: float = 60.0
     # transport write-buffer high-water mark: above it the other side stops being read
     write_buffer_high: int = 256 * 1024
