@@ -285,27 +285,30 @@ class _Subject(NamedTuple):
     holder: str
     object: ObjectKey
     service: Service
+    # the requested ClusterIP and where it was given ("" when none), or None when the Service has none
+    # (ExternalName, headless); worked out once because every pass asks
+    cluster_ip: tuple[str, str] | None
 
     @property
     def namespace(self) -> str:
         return self.object.namespace
 
 
-def _needs_cluster_ip(service: Service) -> bool:
-    return service.spec.type != "ExternalName" and _requested_cluster_ip(service)[0] != "None"
-
-
-def _requested_cluster_ip(service: Service) -> tuple[str, str]:
+def _requested_cluster_ip(service: Service) -> tuple[str, str] | None:
     spec = service.spec
+    if spec.type == "ExternalName":
+        return None
     if spec.cluster_ip:
-        return spec.cluster_ip, "spec.clusterIP"
-    if spec.cluster_ips:
-        return spec.cluster_ips[0], "spec.clusterIPs[0]"
-    return "", "spec.clusterIP"
+        requested = spec.cluster_ip, "spec.clusterIP"
+    elif spec.cluster_ips:
+        requested = spec.cluster_ips[0], "spec.clusterIPs[0]"
+    else:
+        return "", "spec.clusterIP"
+    return None if requested[0] == "None" else requested
 
 
-def _exposes_node_ports(service: Service) -> bool:
-    return service.spec.type in ("NodePort", "LoadBalancer") and _needs_cluster_ip(service)
+def _exposes_node_ports(subject: _Subject) -> bool:
+    return subject.service.spec.type in ("NodePort", "LoadBalancer") and subject.cluster_ip is not None
 
 
 def _node_port_key(holder: str, port: int, protocol: str) -> str:
@@ -327,7 +330,7 @@ def _allocate_cluster_ips(
     context: _Context,
 ) -> dict[str, Value]:
     diagnostics = context.diagnostics
-    wanting = [subject for subject in subjects if _needs_cluster_ip(subject.service)]
+    wanting = [subject for subject in subjects if subject.cluster_ip is not None]
     try:
         network = ipaddress.ip_network(options.service_cidr, strict=False)
     except ValueError as error:
@@ -346,7 +349,7 @@ def _allocate_cluster_ips(
     claims: list[_Claim] = []
     for subject in wanting:
         holder = subject.holder
-        requested, where = _requested_cluster_ip(subject.service)
+        requested, where = subject.cluster_ip or ("", "")
         if requested:
             value = parse_ip(requested)
             if value is None:
@@ -444,7 +447,7 @@ def _allocate_node_ports(
     needs_of: dict[str, list[_PortNeed]] = {}
     exposing: list[_Subject] = []
     for subject in subjects:
-        if _exposes_node_ports(subject.service):
+        if _exposes_node_ports(subject):
             needs = _port_needs(subject, diagnostics)
             if needs:
                 needs_of[subject.holder] = needs
@@ -625,7 +628,7 @@ def _allocate_load_balancer_ips(
     wanting: list[tuple[_Subject, list[int], bool]] = []
     for subject in subjects:
         service = subject.service
-        if service.spec.type != "LoadBalancer" or not _needs_cluster_ip(service):
+        if service.spec.type != "LoadBalancer" or subject.cluster_ip is None:
             continue  # headless Services cannot be load-balanced
         if service.spec.load_balancer_class not in (None, options.load_balancer_class):
             continue  # another implementation's Service
@@ -737,7 +740,7 @@ def allocate(
         holder = f"{namespace}/{name}"
         age[holder] = _age(service, holder)
         objects[holder] = ObjectKey("Service", namespace, name)
-        subjects.append(_Subject(holder, objects[holder], service))
+        subjects.append(_Subject(holder, objects[holder], service, _requested_cluster_ip(service)))
     subjects.sort(key=lambda subject: age[subject.holder])
 
     diagnostics: list[Diagnostic] = []
