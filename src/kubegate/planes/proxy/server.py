@@ -21,7 +21,7 @@ from typing import cast
 import httptools
 
 from kubegate.ir.model import Backend, EndpointTable, RoutingTable
-from kubegate.planes.proxy.balance import Address, Clusters, Health, hash_key
+from kubegate.planes.proxy.balance import Address, Balancer, Clusters, Health, hash_key
 from kubegate.planes.proxy.forward import UpstreamConnection, connect
 from kubegate.planes.proxy.http import (
     CONTINUE_100,
@@ -127,13 +127,6 @@ class _HeadersTooLarge(Exception):
     """Raised from a parser callback to stop parsing a request whose head passed the limits."""
 
 
-class _Failed(Exception):
-    def __init__(self, reason: str, timeout: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.timeout = timeout
-
-
 class ClientConnection(asyncio.Protocol):
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
@@ -157,7 +150,16 @@ class ClientConnection(asyncio.Protocol):
         # the exchange in progress
         self.upstream: UpstreamConnection | None = None
         self.forwarding = False
-        self.done: asyncio.Future[bool] | None = None
+        self.waiting = False
+        self.ex_address: Address = ("", 0)
+        self.ex_reused = False
+        self.ex_balancer: Balancer | None = None
+        self.ex_candidates: Address | None = None
+        self.ex_key: str | None = None
+        self.ex_head = b""
+        self.ex_tried: list[Address] = []
+        self.ex_failure = (502, "")
+        self.ex_attempts = 0
         self.resp_started = False
         self.resp_chunked = False
         self.resp_status = 0
@@ -195,11 +197,11 @@ class ClientConnection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.upstream is not None:
+        if self.waiting:
+            self._outcome(False, reason="client went away")
+        elif self.upstream is not None:
             self.upstream.abort()
             self.upstream = None
-        if self.done is not None and not self.done.done():
-            self.done.set_exception(_Failed("client went away", False))
 
     def idle(self) -> bool:
         return self.active is None and not self.in_headers
@@ -280,11 +282,7 @@ class ClientConnection(asyncio.Protocol):
             req.keep_alive = False
             if req is self.active:
                 self.resp_keep_alive = False
-                if self.upstream is not None:
-                    self.upstream.abort()
-                    self.upstream = None
-                if self.done is not None and not self.done.done():
-                    self.done.set_exception(_Failed(message, False))
+                self._outcome(False, reason=message)
             return
         failed = _Request(self.server.published)
         failed.error = (status, message)
@@ -402,14 +400,12 @@ class ClientConnection(asyncio.Protocol):
     # --- request queue ----------------------------------------------------------------------------
     def _enqueue(self, req: _Request) -> None:
         if self.active is None:
-            self._start(req)
+            self.active = req
+            # started after the current read is parsed, so a body in the same read is already in
+            self.loop.call_soon(self._start, req)
         else:
             self.queue.append(req)
             self._pause(_PAUSE_QUEUE)
-
-    def _start(self, req: _Request) -> None:
-        self.active = req
-        self.loop.create_task(self._proxy(req))
 
     def _finished(self, keep_alive: bool) -> None:
         self.active = None
@@ -422,13 +418,17 @@ class ClientConnection(asyncio.Protocol):
             nxt = self.queue.popleft()
             if not self.queue:
                 self._resume(_PAUSE_QUEUE)
-            self._start(nxt)
+            self.active = nxt
+            self.loop.call_soon(self._start, nxt)
         else:
             self._resume(_PAUSE_QUEUE)
             if not self.in_headers:
                 self._arm(self.settings.keepalive_timeout)
 
     # --- one exchange -----------------------------------------------------------------------------
+    # Driven by callbacks, not a task per request: the common keep-alive case (pooled upstream
+    # connection) runs start to finish without a coroutine, a future or a task. Only opening a new
+    # upstream connection runs as a task (_connect). Each attempt ends in exactly one _outcome().
     def _send_error(self, req: _Request, status: int, message: str, close: bool) -> None:
         if self.transport is not None and not self.closed:
             data = error_response(status, message, close=close, head=req.method == "HEAD")
@@ -437,132 +437,123 @@ class ClientConnection(asyncio.Protocol):
         self.resp_started = True
         self.resp_status = status
 
-    async def _proxy(self, req: _Request) -> None:
+    def _start(self, req: _Request) -> None:
+        if self.closed:
+            self.active = None
+            return
         self.resp_started = False
         self.resp_head = None
         self.resp_bytes = 0
         self.resp_status = 0
         self.resp_keep_alive = req.keep_alive
-        upstream_label = ""
         try:
-            upstream_label = await self._exchange(req)
+            self._begin(req)
         except Exception as exc:  # a bug must cost one request, never the server
-            self.server.report_error(exc)
-            if not self.resp_started:
-                self._send_error(req, 500, "internal error", True)
-            self.resp_keep_alive = False
-        finally:
-            self.upstream = None
-            self.forwarding = False
-            self.done = None
-            self._resume(_PAUSE_UPSTREAM_FULL | _PAUSE_PENDING)
-        if req.error is not None and not self.resp_started:
-            self._send_error(req, req.error[0], req.error[1], True)
-            self.resp_keep_alive = False
-        if not req.body_done:
-            # the rest of the request body cannot be told apart from a next request
-            self.resp_keep_alive = False
-        self.server.record(self, req, upstream_label)
-        self._finished(self.resp_keep_alive)
+            self._crashed(req, exc)
 
-    async def _exchange(self, req: _Request) -> str:
+    def _crashed(self, req: _Request, exc: Exception) -> None:
+        self.server.report_error(exc)
+        if self.upstream is not None:
+            self.upstream.abort()
+            self.upstream = None
+        self.waiting = False
+        if not self.resp_started:
+            self._send_error(req, 500, "internal error", True)
+        self.resp_keep_alive = False
+        self._complete(req, "")
+
+    def _begin(self, req: _Request) -> None:
         if req.error is not None:
-            self._send_error(req, req.error[0], req.error[1], True)
-            self.resp_keep_alive = False
-            return ""
+            self._complete(req, "")
+            return
         match = req.match
         if match is None:
             self._send_error(req, 404, "no route for this host and path", not req.keep_alive)
-            return ""
+            self._complete(req, "")
+            return
         backend = _choose_backend(match.backend_choices)
         clusters = req.published.clusters
         balancer = clusters.balancer(backend.cluster)
         cluster = clusters.clusters.get(backend.cluster)
+        self.ex_candidates = None
         if balancer is None and cluster is not None and cluster.external_name:
-            candidates: list[Address] = [(cluster.external_name, cluster.port)]
-        else:
-            candidates = []
-        if (balancer is None and not candidates) or (balancer is not None and not balancer.addresses):
+            self.ex_candidates = (cluster.external_name, cluster.port)
+        if (balancer is None and self.ex_candidates is None) or (
+            balancer is not None and not balancer.addresses
+        ):
             self._send_error(req, 503, "no ready endpoint for this service", not req.keep_alive)
-            return ""
+            self._complete(req, "")
+            return
         key = None
         if cluster is not None and cluster.balance == "hash" and cluster.hash_by:
             key = hash_key(cluster.hash_by, self.peer, req.headers, req.target.decode("latin-1"))
-        head = self._request_head(req, match)
-        settings = self.settings
+        self.ex_balancer = balancer
+        self.ex_key = key
+        self.ex_head = self._request_head(req, match)
+        self.ex_tried = []
+        self.ex_failure = (502, "could not connect to the upstream")
+        self.ex_attempts = self.settings.retries + 1
+        self._attempt(req)
+
+    def _attempt(self, req: _Request) -> None:
         pool = self.server.pool
-        health = self.server.health
-        tried: list[Address] = []
-        failure = (502, "could not connect to the upstream")
-        attempts = settings.retries + 1
-        while attempts > 0:
-            attempts -= 1
-            if candidates:
-                address: Address | None = candidates[0] if not tried else None
+        while self.ex_attempts > 0:
+            self.ex_attempts -= 1
+            address: Address | None
+            if self.ex_candidates is not None:
+                address = None if self.ex_tried else self.ex_candidates
             else:
-                assert balancer is not None
-                address = balancer.pick(key, tuple(tried))
+                assert self.ex_balancer is not None
+                address = self.ex_balancer.pick(self.ex_key, tuple(self.ex_tried))
             if address is None:
                 break
             conn = pool.take(address)
             if conn is None:
-                try:
-                    conn = await connect(address, settings.connect_timeout, settings.write_buffer_high)
-                except (OSError, TimeoutError) as exc:
-                    tried.append(address)
-                    health.failed(address)
-                    timed_out = isinstance(exc, TimeoutError)
-                    failure = (504, "upstream connect timed out") if timed_out else failure
-                    continue
-                pool.count_open(address)
-                health.succeeded(address)
-                reused = False
-            else:
-                reused = True
-                attempts += 1  # a stale pooled connection does not use up a retry
+                self.loop.create_task(self._connect(req, address))
+                return
+            self.ex_attempts += 1  # a stale pooled connection does not use up a retry
+            self._send(req, conn, address, True)
+            return
+        self._send_error(req, self.ex_failure[0], self.ex_failure[1], not req.keep_alive)
+        tried = self.ex_tried
+        self._complete(req, f"{tried[-1][0]}:{tried[-1][1]}" if tried else "")
+
+    async def _connect(self, req: _Request, address: Address) -> None:
+        settings = self.settings
+        health = self.server.health
+        try:
+            try:
+                conn = await connect(address, settings.connect_timeout, settings.write_buffer_high)
+            except (OSError, TimeoutError) as exc:
+                self.ex_tried.append(address)
+                health.failed(address)
+                if isinstance(exc, TimeoutError):
+                    self.ex_failure = (504, "upstream connect timed out")
+                if self.closed or req.error is not None:
+                    self._complete(req, "")
+                else:
+                    self._attempt(req)
+                return
+            self.server.pool.count_open(address)
+            health.succeeded(address)
             if self.closed or req.error is not None:
                 conn.close()
-                return ""
-            if balancer is not None:
-                balancer.started(address)
-            try:
-                outcome = await self._forward(req, conn, head)
-            except _Failed as failed:
-                self.upstream = None
-                conn.abort()
-                if req.error is not None:
-                    return ""
-                if self.closed or self.resp_started:
-                    self.resp_keep_alive = False
-                    return f"{address[0]}:{address[1]}"
-                retryable = req.method in IDEMPOTENT and req.body_received == 0 and not req.chunked
-                if failed.timeout:
-                    failure = (504, "upstream timed out")
-                    retryable = False
-                else:
-                    failure = (502, "upstream failed: " + failed.reason)
-                if not retryable:
-                    break
-                if not reused:
-                    tried.append(address)
-                continue
-            finally:
-                if balancer is not None:
-                    balancer.finished(address)
-            if outcome and req.body_done and conn.usable():
-                pool.put(address, conn)
-            else:
-                conn.close()
-            return f"{address[0]}:{address[1]}"
-        self._send_error(req, failure[0], failure[1], not req.keep_alive)
-        return f"{tried[-1][0]}:{tried[-1][1]}" if tried else ""
+                self._complete(req, "")
+                return
+            self._send(req, conn, address, False)
+        except Exception as exc:
+            self._crashed(req, exc)
 
-    async def _forward(self, req: _Request, conn: UpstreamConnection, head: bytes) -> bool:
-        """Send the request and stream the response; True when the upstream keeps the connection."""
+    def _send(self, req: _Request, conn: UpstreamConnection, address: Address, reused: bool) -> None:
+        """Send the request; the response streams through the ResponseSink callbacks."""
+        self.ex_address = address
+        self.ex_reused = reused
+        if self.ex_balancer is not None:
+            self.ex_balancer.started(address)
         self.upstream = conn
-        self.done = self.loop.create_future()
+        self.waiting = True
         conn.begin(self, req.method == "HEAD", self.settings.upstream_read_timeout)
-        conn.write(head)
+        conn.write(self.ex_head)
         if req.expect_continue and not req.body_done and req.version == "1.1" and self.transport is not None:
             self.transport.write(CONTINUE_100)
         if req.pending:
@@ -574,7 +565,70 @@ class ClientConnection(asyncio.Protocol):
         if req.body_done and req.chunked:
             conn.write(b"0\r\n\r\n")
         self.forwarding = True
-        return await self.done
+
+    def _outcome(self, ok: bool, keep_alive: bool = False, reason: str = "", timeout: bool = False) -> None:
+        """The end of one attempt: finish the exchange, or retry it on another connection."""
+        if not self.waiting:
+            return
+        self.waiting = False
+        req = self.active
+        conn = self.upstream
+        address = self.ex_address
+        self.upstream = None
+        self.forwarding = False
+        if req is None:
+            if conn is not None:
+                conn.abort()
+            return
+        try:
+            if self.ex_balancer is not None:
+                self.ex_balancer.finished(address)
+            label = f"{address[0]}:{address[1]}"
+            if ok:
+                if conn is not None:
+                    if keep_alive and req.body_done and conn.usable():
+                        self.server.pool.put(address, conn)
+                    else:
+                        conn.close()
+                self._complete(req, label)
+                return
+            if conn is not None:
+                conn.abort()
+            if req.error is not None:
+                self._complete(req, "")
+                return
+            if self.closed or self.resp_started:
+                self.resp_keep_alive = False
+                self._complete(req, label)
+                return
+            retryable = req.method in IDEMPOTENT and req.body_received == 0 and not req.chunked
+            if timeout:
+                self.ex_failure = (504, "upstream timed out")
+                retryable = False
+            else:
+                self.ex_failure = (502, "upstream failed: " + reason)
+            if not retryable:
+                self._send_error(req, self.ex_failure[0], self.ex_failure[1], not req.keep_alive)
+                self._complete(req, label)
+                return
+            if not self.ex_reused:
+                self.ex_tried.append(address)
+            self._attempt(req)
+        except Exception as exc:
+            self._crashed(req, exc)
+
+    def _complete(self, req: _Request, upstream_label: str) -> None:
+        self.upstream = None
+        self.forwarding = False
+        self._resume(_PAUSE_UPSTREAM_FULL | _PAUSE_PENDING)
+        if req.error is not None and not self.resp_started:
+            self._send_error(req, req.error[0], req.error[1], True)
+            self.resp_keep_alive = False
+        if req.error is not None or not req.body_done:
+            # the rest of the request body cannot be told apart from a next request
+            self.resp_keep_alive = False
+        self.server.record(self, req, upstream_label)
+        self._finished(self.resp_keep_alive)
 
     def _request_head(self, req: _Request, match: Match) -> bytes:
         target = match.rewritten.encode("latin-1") if match.rewritten is not None else req.target
@@ -685,8 +739,7 @@ class ClientConnection(asyncio.Protocol):
         if self.resp_chunked and self.transport is not None and not self.closed:
             self.transport.write(b"0\r\n\r\n")
             self.resp_bytes += 5
-        if self.done is not None and not self.done.done():
-            self.done.set_result(keep_alive)
+        self._outcome(True, keep_alive)
 
     def upstream_flush(self) -> None:
         if self.resp_head is not None:
@@ -701,8 +754,7 @@ class ClientConnection(asyncio.Protocol):
 
     def upstream_failed(self, reason: str, timeout: bool) -> None:
         self._flush_head()
-        if self.done is not None and not self.done.done():
-            self.done.set_exception(_Failed(reason, timeout))
+        self._outcome(False, reason=reason, timeout=timeout)
 
     def upstream_writable(self, writable: bool) -> None:
         if writable:
