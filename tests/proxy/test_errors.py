@@ -314,3 +314,39 @@ async def test_oversized_head_is_refused_while_it_streams_in() -> None:
         c = await Client.connect(port)
         c.send(b"GET /" + b"u" * 8000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
         assert (await c.response()).status == 431
+
+
+async def test_thousands_of_pipelined_requests_in_one_write() -> None:
+    async with echo_backends("a") as ports, proxy(ROUTES, {"a": [ports["a"]]}) as (server, port):
+        c = await Client.connect(port)
+        n = 1500
+        c.send(b"".join(get(f"/{i}", host="x") for i in range(n)))
+        for i in range(n):
+            r = await c.response()
+            assert r.json()["path"] == f"/{i}"
+        await c.close()
+        assert server.stats.requests == n
+
+
+async def test_client_leaving_mid_response_drops_the_upstream_connection() -> None:
+    started = asyncio.Event()
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n")
+        started.set()
+        while True:
+            writer.write(b"z" * 65536)
+            await writer.drain()
+
+    async with raw_backend(endless) as (bport, conns), proxy(ROUTES, {"a": [bport]}) as (server, port):
+        c = await Client.connect(port)
+        c.send(get("/"))
+        await asyncio.wait_for(started.wait(), 5)
+        await c.reader.read(1000)
+        await c.close()
+        async with asyncio.timeout(5):
+            while not conns[0].is_closing() and not conns[0].transport.is_closing():
+                await asyncio.sleep(0.02)
+        assert server.pool.idle_count(("127.0.0.1", bport)) == 0
+        assert server.stats.requests == 1
