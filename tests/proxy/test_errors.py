@@ -350,3 +350,27 @@ async def test_client_leaving_mid_response_drops_the_upstream_connection() -> No
                 await asyncio.sleep(0.02)
         assert server.pool.idle_count(("127.0.0.1", bport)) == 0
         assert server.stats.requests == 1
+
+
+async def test_connect_timeout_504() -> None:
+    # a listener that never accepts: once its backlog is full, the kernel drops further SYNs
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    address = listener.getsockname()
+    fillers = []
+    for _ in range(3):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(address)
+        fillers.append(s)
+    await asyncio.sleep(0.1)
+    settings = ProxySettings(connect_timeout=0.3, retries=0)
+    try:
+        async with proxy(ROUTES, {"a": [address[1]]}, settings) as (server, port):
+            assert (await one(port, get("/")))[0] == 504
+            assert server.health.ejected(("127.0.0.1", address[1]))
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
