@@ -7,6 +7,7 @@ import os
 import tempfile
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -141,6 +142,7 @@ def test_load_paths_on_truncated_yaml(documents: list[dict[str, Any]], cut: int)
     _assert_clean(load_paths(["-"], stdin=io.StringIO(text[:cut])).problems)
 
 
+@pytest.mark.timeout(10)
 def test_yaml_alias_bomb_is_a_problem_not_a_hang() -> None:
     lines = ["a0: &a0 [x, x]"] + [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}]" for i in range(1, 40)]
     text = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\n  annotations:\n" + "".join(
@@ -151,6 +153,7 @@ def test_yaml_alias_bomb_is_a_problem_not_a_hang() -> None:
     assert "more than" in problem.message
 
 
+@pytest.mark.timeout(10)
 def test_self_referencing_yaml_is_a_problem() -> None:
     text = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  ports: &p [*p]\n"
     [problem] = load_paths(["-"], stdin=io.StringIO(text)).problems

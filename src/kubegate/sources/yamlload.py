@@ -155,8 +155,13 @@ def duplicate_keys(node: yaml.Node) -> list[tuple[str, int, int]]:
     which drops a whole block a user meant to keep."""
     found: list[tuple[str, int, int]] = []
     stack: list[tuple[yaml.Node, str]] = [(node, "")]
+    # Aliases make the tree a graph (even a cycle): visit each node once, or an alias bomb never ends.
+    visited: set[int] = set()
     while stack:
         current, path = stack.pop()
+        if id(current) in visited:
+            continue
+        visited.add(id(current))
         if isinstance(current, yaml.MappingNode):
             first_lines: dict[str, int] = {}
             for key, value in current.value:
