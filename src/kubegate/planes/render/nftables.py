@@ -22,10 +22,14 @@ Layout (names are fixed so the driver and humans can find them):
   chains): TCP gets a reset, others ICMP port-unreachable. Other traffic to ClusterIPs (ping, unused
   ports) is rejected after DNAT, from ``cluster-ips`` and the optional ``service_cidr``.
 
-Chain and set names: ``<kind>-<hash8>-<namespace>/<name>/<proto>/<port name or number>`` (endpoint
-chains and affinity sets append ``__<ip>/<port>``). ``hash8`` is the first 8 hex digits of a SHA-256
-of the full identity, so names stay unique and stable even when the readable part is truncated to
-``MAX_NAME`` characters or sanitised to nft's identifier alphabet ``[A-Za-z0-9_./-]``.
+Chain and set names: ``<kind>-<hash8>-<namespace>/<name>/<proto>/<port name or number>``; endpoint
+chains and affinity sets append ``__<ip>/<port>``. ``hash8`` is the first 8 hex digits of a SHA-256 of
+the Service port's identity, so names stay unique and stable when the readable middle part is
+sanitised to nft's identifier alphabet ``[A-Za-z0-9_./-]`` or cut short (names stay within
+``MAX_NAME`` characters; the endpoint tail is never cut).
+
+Order: maps and sets first with sorted elements, then the fixed chains, then the chains of each
+Service (sorted by name; ports by protocol and number; endpoints by address and port).
 
 IPv6: not supported yet. IPv6 ClusterIPs, external/LoadBalancer IPs and endpoints are left out, each
 named in a ``#`` comment; the rules match IPv4 only (also in an ``inet`` table).
@@ -44,6 +48,8 @@ from typing import Literal
 from kubegate.ir.model import Endpoint, EndpointTable, L4Port, L4Service, RoutingTable
 
 MAX_NAME = 200
+# room left for "aff-", the hash and "__<ipv4>/<port>" within MAX_NAME
+_READABLE = MAX_NAME - len("aff-12345678-") - len("__255.255.255.255/65535")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_./-]")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 _REJECT = "goto reject-chain"
@@ -127,11 +133,6 @@ def _comment(text: str) -> str:
     return "# " + text.replace("\n", " ").replace("\r", " ")
 
 
-def _name(kind: str, identity: str, readable: str) -> str:
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:8]
-    return f"{kind}-{digest}-{_UNSAFE.sub('_', readable)}"[:MAX_NAME]
-
-
 class _Addresses:
     """Parses and classifies addresses once per render (endpoint IPs repeat across Services)."""
 
@@ -213,7 +214,7 @@ class _Renderer:
             )
         return owner == service.name
 
-    def endpoint_list(self, port: L4Port, readable: str, identity: str, affinity: bool) -> list[_Ep]:
+    def endpoint_list(self, port: L4Port, prefix: str, affinity: bool) -> list[_Ep]:
         unique: dict[tuple[int, int], Endpoint] = {}
         for ep in self.endpoints.clusters.get(port.cluster, ()):
             value = self.addresses.v4(ep.ip)
@@ -222,28 +223,23 @@ class _Renderer:
             elif isinstance(value, str):
                 self.out.notes.append(_comment(f"{port.cluster}: endpoint {ep.ip!r} is not an IP address"))
             elif not 0 < ep.port < 65536:
-                self.out.notes.append(
-                    _comment(f"{port.cluster}: endpoint {ep.ip} port {ep.port} out of range")
-                )
+                note = f"{port.cluster}: endpoint {ep.ip} port {ep.port} out of range"
+                self.out.notes.append(_comment(note))
             else:
                 unique.setdefault((value, ep.port), ep)
         node = self.options.node_name
-        # the readable part is sanitised once per port; an IPv4 address and a port need no sanitising
-        base = _UNSAFE.sub("_", readable)
-        port_hash = hashlib.sha256(identity.encode())
         result = []
         for key in sorted(unique):
             ep = unique[key]
-            digest = port_hash.copy()
-            digest.update(f"|{ep.ip}|{ep.port}".encode())
-            tail = f"{digest.hexdigest()[:8]}-{base}__{ep.ip}/{ep.port}"
+            # an IPv4 address and a port need no sanitising, and they identify the endpoint exactly
+            tail = f"{prefix}__{ep.ip}/{ep.port}"
             result.append(
                 _Ep(
                     ip=ep.ip,
                     port=ep.port,
                     local=bool(node) and ep.node == node,
-                    chain=f"ep-{tail}"[:MAX_NAME],
-                    affinity_set=f"aff-{tail}"[:MAX_NAME] if affinity else "",
+                    chain=f"ep-{tail}",
+                    affinity_set=f"aff-{tail}" if affinity else "",
                 )
             )
         return result
@@ -263,13 +259,15 @@ class _Renderer:
             self.out.notes.append(_comment(f"{service.name}: port {port.port} out of range; left out"))
             return
         readable = f"{service.name}/{proto}/{port.name or port.port}"
-        identity = f"{service.name}|{port.protocol}|{port.port}"
+        # "<hash8>-<readable>": the hash keeps names unique when the readable part is cut short
+        digest = hashlib.sha256(f"{service.name}|{port.protocol}|{port.port}".encode()).hexdigest()[:8]
+        prefix = f"{digest}-{_UNSAFE.sub('_', readable)[:_READABLE]}"
         node_port = port.node_port if service.type in ("NodePort", "LoadBalancer") else None
         if node_port is not None and not 0 < node_port < 65536:
             self.out.notes.append(_comment(f"{service.name}: nodePort {node_port} out of range; left out"))
             node_port = None
         affinity = service.session_affinity == "ClientIP"
-        eps = self.endpoint_list(port, readable, identity, affinity)
+        eps = self.endpoint_list(port, prefix, affinity)
         out = self.out
         cluster_ips = [ip for ip in cluster_ips if self.claim_ip(service, ip, proto, port.port)]
         external = [ip for ip in external if self.claim_ip(service, ip, proto, port.port)]
@@ -282,7 +280,7 @@ class _Renderer:
                 out.no_endpoint_nodeports.append((proto, node_port, _REJECT))
             return
         timeout = max(1, service.affinity_timeout_seconds)
-        svc_chain = _name("svc", identity, readable)
+        svc_chain = f"svc-{prefix}"
         for ep in eps:
             rules = [f"ip saddr {ep.ip} jump mark-for-masquerade"]
             if affinity:
@@ -299,7 +297,7 @@ class _Renderer:
             out.service_ips.append((ip, 0, proto, port.port, f"goto {svc_chain}"))
         if not external and node_port is None:
             return
-        ext_chain = _name("ext", identity, readable)
+        ext_chain = f"ext-{prefix}"
         if service.external_traffic_policy == "Local":
             local = [ep for ep in eps if ep.local]
             ext_rules = [
