@@ -34,7 +34,8 @@ from kubegate.planes.proxy.http import (
     status_line,
 )
 from kubegate.planes.proxy.pool import UpstreamPool
-from kubegate.planes.proxy.router import BadPath, Match, Router
+from kubegate.planes.proxy.router import BadPath, Match, Router, normalize_host
+from kubegate.planes.proxy.tls import CertificateError, TlsContexts
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
@@ -128,9 +129,12 @@ class _HeadersTooLarge(Exception):
 
 
 class ClientConnection(asyncio.Protocol):
-    def __init__(self, server: ProxyServer) -> None:
+    def __init__(self, server: ProxyServer, tls: bool = False) -> None:
         self.server = server
         self.settings = server.settings
+        # the TLS listener's connections: X-Forwarded-Proto https, and never redirected to https
+        self.tls = tls
+        self.scheme = b"https" if tls else server.scheme
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer = ""
@@ -471,6 +475,13 @@ class ClientConnection(asyncio.Protocol):
             self._send_error(req, 404, "no route for this host and path", not req.keep_alive)
             self._complete(req, "")
             return
+        route = match.route
+        if route is not None:
+            options = route.options
+            if (options.ssl_redirect or options.force_ssl_redirect or options.app_root) and self._redirected(
+                req, match
+            ):
+                return
         backend = _choose_backend(match.backend_choices)
         clusters = req.published.clusters
         balancer = clusters.balancer(backend.cluster)
@@ -494,6 +505,49 @@ class ClientConnection(asyncio.Protocol):
         self.ex_failure = (502, "could not connect to the upstream")
         self.ex_attempts = self.settings.retries + 1
         self._attempt(req)
+
+    def _redirected(self, req: _Request, match: Match) -> bool:
+        """Answer app-root and ssl-redirect routes the way ingress-nginx does; False to proxy instead."""
+        route = match.route
+        assert route is not None
+        options = route.options
+        host = req.host
+        if not host:
+            return False  # an HTTP/1.0 request without Host: nowhere to redirect to
+        # app-root (nginx rewrite phase) comes before the ssl redirect (rewrite_by_lua, after it)
+        if options.app_root and req.target.split(b"?", 1)[0] == b"/":
+            root = options.app_root.encode("latin-1")
+            location = b"%b://%b%b" % (self.scheme, host.encode("latin-1"), root)
+            self._send_redirect(req, 302, location)
+            return True
+        if self.tls:
+            return False
+        has_tls = match.vhost is not None and match.vhost.tls_certificate is not None
+        if options.force_ssl_redirect or (options.ssl_redirect and has_tls):
+            port = self.server.https_redirect_port
+            authority = normalize_host(host) + ("" if port == 443 else f":{port}")
+            self._send_redirect(req, 308, b"https://%b%b" % (authority.encode("latin-1"), req.target))
+            return True
+        return False
+
+    def _send_redirect(self, req: _Request, status: int, location: bytes) -> None:
+        close = not req.keep_alive or not req.body_done
+        parts = [
+            status_line(status),
+            b"Server: kubegate\r\nLocation: ",
+            location,
+            b"\r\nContent-Length: 0\r\n",
+            b"Connection: close\r\n\r\n" if close else b"\r\n",
+        ]
+        data = b"".join(parts)
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+        self.resp_bytes = len(data)
+        self.resp_started = True
+        self.resp_status = status
+        if close:
+            self.resp_keep_alive = False
+        self._complete(req, "")
 
     def _attempt(self, req: _Request) -> None:
         pool = self.server.pool
@@ -657,7 +711,7 @@ class ClientConnection(asyncio.Protocol):
         xff = incoming.get(b"x-forwarded-for")
         parts += (b"X-Forwarded-For: ", xff + b", " + peer if xff else peer, b"\r\n")
         parts += (b"X-Real-IP: ", trusted.real_client(self.peer, xff).encode("latin-1"), b"\r\n")
-        parts += (b"X-Forwarded-Proto: ", incoming.get(b"x-forwarded-proto", self.server.scheme), b"\r\n")
+        parts += (b"X-Forwarded-Proto: ", incoming.get(b"x-forwarded-proto", self.scheme), b"\r\n")
         parts += (
             b"X-Forwarded-Host: ",
             incoming.get(b"x-forwarded-host", req.host.encode("latin-1")),
@@ -834,6 +888,12 @@ class ProxyServer:
         self._router = Router(routing)
         self.published = _Published(self._router, Clusters(routing, endpoints, self.health))
         self._servers: list[asyncio.AbstractServer] = []
+        # created by the first start_tls; None keeps plain-HTTP-only servers free of TLS work
+        self.tls: TlsContexts | None = None
+        # the port plain-HTTP requests are redirected to (ssl-redirect): the first TLS listener's port
+        # unless set; 443 is left out of the Location
+        self.https_redirect_port = 443
+        self._https_port_set = False
 
     # --- tables -----------------------------------------------------------------------------------
     def update_routing(self, table: RoutingTable) -> None:
@@ -842,6 +902,13 @@ class ProxyServer:
         self._routing = table
         self._router = router
         self.published = _Published(router, Clusters(table, self._endpoints, self.health))
+        if self.tls is not None:
+            self.tls.update(table)
+
+    @property
+    def tls_errors(self) -> tuple[CertificateError, ...]:
+        """Certificates of the current table that could not be loaded (their hosts get the default)."""
+        return self.tls.errors if self.tls is not None else ()
 
     def update_endpoints(self, table: EndpointTable) -> None:
         self._endpoints = table
@@ -858,6 +925,38 @@ class ProxyServer:
         sock: socket.socket = server.sockets[0]
         bound = sock.getsockname()
         return bound[0], bound[1]
+
+    async def start_tls(
+        self, host: str, port: int, reuse_port: bool = False, handshake_timeout: float = 10.0
+    ) -> tuple[str, int]:
+        """Listen for HTTPS, certificates chosen by SNI from the routing table; returns (host, port).
+
+        A failed handshake never reaches the proxy: asyncio drops the connection and logs it at debug
+        level (with the loop in debug mode), without a traceback.
+        """
+        if self.tls is None:
+            self.tls = TlsContexts(self._routing)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: ClientConnection(self, tls=True),
+            host,
+            port,
+            reuse_port=reuse_port or None,
+            backlog=1024,
+            ssl=self.tls.default,
+            ssl_handshake_timeout=handshake_timeout,
+        )
+        self._servers.append(server)
+        sock: socket.socket = server.sockets[0]
+        bound = sock.getsockname()
+        if not self._https_port_set:
+            self.set_https_redirect_port(bound[1])
+        return bound[0], bound[1]
+
+    def set_https_redirect_port(self, port: int) -> None:
+        """Where ssl-redirect points when clients reach the TLS listener on another port (NAT, NodePort)."""
+        self.https_redirect_port = port
+        self._https_port_set = True
 
     async def close(self, drain_timeout: float = 10.0) -> None:
         """Stop accepting, let requests in flight finish (up to drain_timeout), then close the rest."""
