@@ -93,7 +93,6 @@ async def peer_certificate(
     try:
         ssl_object = writer.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True)
-        assert ssl_object.selected_alpn_protocol() in (None, "http/1.1")
         return x509.load_der_x509_certificate(der)
     finally:
         writer.close()
@@ -126,6 +125,19 @@ async def test_sni_picks_the_certificate_of_the_host() -> None:
         # and a client that verifies accepts what it gets
         verified = await peer_certificate(port, "a.example.com", trusting())
         assert dns_names(verified) == ["a.example.com"]
+
+
+async def test_alpn_settles_on_http_1_1_for_every_certificate() -> None:
+    async with tls_proxy(TABLE) as (_, _, port):
+        for sni in ("a.example.com", "x.wild.example.com", "unknown.example.org", ""):
+            context = unverified()
+            context.set_alpn_protocols(["h2", "http/1.1"])
+            async with asyncio.timeout(5):
+                _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname=sni)
+            assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "http/1.1", sni
+            writer.close()
+            with suppress(OSError):
+                await writer.wait_closed()
 
 
 async def test_exact_host_wins_over_the_wildcard() -> None:
@@ -406,3 +418,16 @@ async def test_app_root_redirects_only_the_root() -> None:
         assert proxied.status == 200
         assert proxied.json()["path"] == "/other"
         assert server.stats.status_counts.get(302) == 2
+
+
+async def test_without_a_tls_listener_only_force_ssl_redirect_redirects() -> None:
+    async with echo_backends("app") as ports:
+        server = ProxyServer(REDIRECTING, endpoints(ports["app"]))
+        _, plain = await server.start("127.0.0.1", 0)
+        try:
+            assert (await _plain(plain, get("/x", host="a.example.com"))).status == 200
+            forced = await _plain(plain, get("/x", host="forced.example.com"))
+            assert (forced.status, forced.header("Location")) == (308, "https://forced.example.com/x")
+        finally:
+            await server.close(drain_timeout=1.0)
+        assert server.tls is None and not server.errors

@@ -522,7 +522,13 @@ class ClientConnection(asyncio.Protocol):
             return True
         if self.tls:
             return False
-        has_tls = match.vhost is not None and match.vhost.tls_certificate is not None
+        # the automatic redirect needs somewhere to go: a certificate for the host and a TLS listener
+        # here (force-ssl-redirect is the user's explicit wish and is honoured regardless)
+        has_tls = (
+            match.vhost is not None
+            and match.vhost.tls_certificate is not None
+            and self.server.tls is not None
+        )
         if options.force_ssl_redirect or (options.ssl_redirect and has_tls):
             port = self.server.https_redirect_port
             authority = normalize_host(host) + ("" if port == 443 else f":{port}")
