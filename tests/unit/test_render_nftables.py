@@ -66,6 +66,22 @@ def test_cluster_ip_spreads_over_every_endpoint() -> None:
         assert f"\t\tmeta l4proto tcp dnat ip to {ip}:8080\n" in text
 
 
+def test_rules_dispatch_is_uniform_without_maps() -> None:
+    three = eps(("10.244.1.5", "node-a"), ("10.244.2.5", "node-b"), ("10.244.3.5", "node-c"))
+    rules = chain(render(web(), endpoints=three, dispatch="rules"), "svc-")
+    assert [rule.split("goto ")[0] for rule in rules] == [
+        "numgen random mod 3 == 0 ",
+        "numgen random mod 2 == 0 ",
+        "",
+    ]
+    assert [rule.rsplit("__", 1)[1] for rule in rules] == [
+        "10.244.1.5/8080",
+        "10.244.2.5/8080",
+        "10.244.3.5/8080",
+    ]
+    assert "vmap {" not in "\n".join(rules)
+
+
 def test_endpoint_chain_marks_hairpin_and_dnats() -> None:
     text = render(web(), endpoints=eps(("10.244.1.5", "node-a")))
     assert chain(text, "ep-") == [
@@ -240,6 +256,7 @@ def test_long_names_stay_valid_and_unique() -> None:
         ({"service_cidr": "10.96.0.0/33"}, "service_cidr"),
         ({"node_addresses": ("node-a",)}, "node_addresses"),
         ({"masquerade_mark": 0}, "masquerade_mark"),
+        ({"dispatch": "hash"}, "dispatch"),
     ],
 )
 def test_bad_options_are_named(options: dict[str, object], field: str) -> None:
@@ -293,6 +310,10 @@ def test_render_10000_services_of_10_endpoints_is_fast() -> None:
             render(web(), endpoints=EndpointTable(), service_cidr="10.96.0.0/12"), id="no-endpoints"
         ),
         pytest.param(render(web(), node_addresses=("10.0.0.1",), masquerade_all=True), id="node-addresses"),
+        pytest.param(
+            render(web(session_affinity="ClientIP", external_traffic_policy="Local"), dispatch="rules"),
+            id="rules-dispatch",
+        ),
         pytest.param(render_nftables(*many_services(300, 10), NftOptions(node_name="node-a")), id="many"),
     ],
 )

@@ -75,6 +75,11 @@ class NftOptions:
     masquerade_mark: int = 0x4000
     # start with "table; delete table" so loading the file replaces the table atomically
     replace: bool = True
+    # how a Service port picks an endpoint: "vmap" is kube-proxy's one `numgen ... vmap` lookup (O(1)
+    # a packet); "rules" is one numgen rule per endpoint, without anonymous maps, which the kernel
+    # loads far faster at scale (measured with nft 1.0.6 / kernel 6.18, nft -c: 3,000 Services x 10
+    # endpoints 18.8 s with "vmap", 3.4 s with "rules"; the vmap cost grows faster than linearly)
+    dispatch: Literal["vmap", "rules"] = "vmap"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +127,8 @@ def _check_options(options: NftOptions) -> None:
             raise RenderOptionsError(
                 f"nftables option service_cidr: {options.service_cidr!r} is not an IPv4 network"
             ) from None
+    if options.dispatch not in ("vmap", "rules"):
+        raise RenderOptionsError(f"nftables option dispatch: {options.dispatch!r} is not 'vmap' or 'rules'")
     if not 0 < options.masquerade_mark < 2**32:
         raise RenderOptionsError(
             f"nftables option masquerade_mark: {options.masquerade_mark:#x} is not a 32-bit non-zero mark"
@@ -159,11 +166,16 @@ class _Addresses:
         return result
 
 
-def _dispatch(eps: list[_Ep], affinity: bool) -> list[str]:
+def _dispatch(eps: list[_Ep], affinity: bool, mode: str) -> list[str]:
     """Rules that pick one endpoint: remembered clients first, then a uniform random choice."""
     rules = [f"ip saddr @{ep.affinity_set} goto {ep.chain}" for ep in eps] if affinity else []
     if len(eps) == 1:
         rules.append(f"goto {eps[0].chain}")
+    elif mode == "rules":
+        # endpoint i is taken with probability 1/(N-i) when none before it was: uniform overall
+        count = len(eps)
+        rules += [f"numgen random mod {count - i} == 0 goto {ep.chain}" for i, ep in enumerate(eps[:-1])]
+        rules.append(f"goto {eps[-1].chain}")
     else:
         choices = ", ".join(f"{i} : goto {ep.chain}" for i, ep in enumerate(eps))
         rules.append(f"numgen random mod {len(eps)} vmap {{ {choices} }}")
@@ -292,7 +304,7 @@ class _Renderer:
             rules.append(f"meta l4proto {proto} {self.dnat} {ep.ip}:{ep.port}")
             _chain(out, ep.chain, rules)
         masquerade_all = ["jump mark-for-masquerade"] if self.options.masquerade_all else []
-        _chain(out, svc_chain, [*masquerade_all, *_dispatch(eps, affinity)])
+        _chain(out, svc_chain, [*masquerade_all, *_dispatch(eps, affinity, self.options.dispatch)])
         for ip in cluster_ips:
             out.service_ips.append((ip, 0, proto, port.port, f"goto {svc_chain}"))
         if not external and node_port is None:
@@ -305,7 +317,7 @@ class _Renderer:
                 # the node's own traffic has no client address to preserve: use every endpoint
                 "fib saddr type local jump mark-for-masquerade",
                 f"fib saddr type local goto {svc_chain}",
-                *(_dispatch(local, affinity) if local else ["drop"]),
+                *(_dispatch(local, affinity, self.options.dispatch) if local else ["drop"]),
             ]
         else:
             ext_rules = ["jump mark-for-masquerade", f"goto {svc_chain}"]
