@@ -49,9 +49,12 @@ def free_port() -> int:
         return port
 
 
-def wait_for_port(port: int, seconds: float = 15.0) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], seconds: float = 15.0) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}: {stderr.strip()}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return
         time.sleep(0.05)
@@ -137,7 +140,7 @@ spec:
 def process(argv: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        wait_for_port(port)
+        wait_for_port(port, proc)
         yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -171,6 +174,8 @@ def kubegate(workdir: Path, backend: int, port: int, cpu: int) -> contextlib.Abs
         "1",
         "--listen",
         f"127.0.0.1:{port}",
+        "--tls-listen",
+        "off",
         "--admin-listen",
         f"127.0.0.1:{free_port()}",
         "--access-log",

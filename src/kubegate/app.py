@@ -43,6 +43,7 @@ class ServeConfig:
     paths: tuple[str, ...]
     options: Options
     listen: tuple[str, int] = ("0.0.0.0", 8080)
+    tls_listen: tuple[str, int] | None = ("0.0.0.0", 8443)
     admin_listen: tuple[str, int] | None = ("127.0.0.1", 10254)
     state_file: Path | None = None
     access_log: Format | None = "text"
@@ -67,6 +68,7 @@ class Gateway:
         self.reconciler = Reconciler(config.paths, config.options, self._publish, config.state_file)
         self.trigger = asyncio.Event()
         self.address: tuple[str, int] | None = None
+        self.tls_address: tuple[str, int] | None = None
         self._watch_task: asyncio.Task[None] | None = None
 
     def _publish(self, translation: Translation) -> None:
@@ -77,6 +79,8 @@ class Gateway:
         # endpoint-only changes must not recompile the router
         if previous is None or previous.routing != translation.routing:
             proxy.update_routing(translation.routing)
+            for error in proxy.tls_errors:
+                log.error("TLS certificate %s", error)
         if previous is None or previous.endpoints != translation.endpoints:
             proxy.update_endpoints(translation.endpoints)
 
@@ -92,6 +96,19 @@ class Gateway:
             self.address = await self.proxy.start(host, port, reuse_port=self.config.reuse_port)
         except OSError as error:
             raise ListenError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+        if self.config.tls_listen is not None:
+            tls_host, tls_port = self.config.tls_listen
+            try:
+                self.tls_address = await self.proxy.start_tls(
+                    tls_host, tls_port, reuse_port=self.config.reuse_port
+                )
+            except OSError as error:
+                await self.proxy.close(0)
+                raise ListenError(
+                    f"cannot listen on {tls_host}:{tls_port} (TLS): {error.strerror or error}"
+                ) from None
+            for cert_error in self.proxy.tls_errors:
+                log.error("TLS certificate %s", cert_error)
         if self.config.admin_listen is not None:
             self.admin = AdminServer(self._admin_routes())
             admin_host, admin_port = self.config.admin_listen
@@ -161,6 +178,8 @@ async def _serve_until_signalled(config: ServeConfig) -> int:
         loop.add_signal_handler(signum, stop.set)
     assert gateway.address is not None
     log.info("serving HTTP on %s:%d (pid %d)", *gateway.address, os.getpid())
+    if gateway.tls_address is not None:
+        log.info("serving HTTPS on %s:%d", *gateway.tls_address)
     await stop.wait()
     log.info("shutting down: draining requests for up to %.0f s", config.drain_seconds)
     await gateway.stop()

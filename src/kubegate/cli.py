@@ -180,6 +180,12 @@ def _parser() -> argparse.ArgumentParser:
         nargs = "*" if name == "demo" else "+"
         sub.add_argument("paths", nargs=nargs, metavar="PATH", help="manifest file or directory")
         sub.add_argument("--listen", default="0.0.0.0:8080", metavar="HOST:PORT")
+        sub.add_argument(
+            "--tls-listen",
+            default="0.0.0.0:8443",
+            metavar="HOST:PORT",
+            help="HTTPS listener (SNI picks the certificate); 'off' to disable",
+        )
         sub.add_argument("--admin-listen", default="127.0.0.1:10254", metavar="HOST:PORT")
         sub.add_argument(
             "--workers", type=int, default=None, help="processes sharing the port (default: one per core)"
@@ -226,6 +232,9 @@ def _long_running(args: argparse.Namespace) -> int:
             paths=tuple(args.paths or ["examples"]),
             options=options_from_args(args),
             listen=listen,
+            tls_listen=None
+            if args.tls_listen == "off"
+            else app.parse_listen(args.tls_listen, "--tls-listen"),
             admin_listen=app.parse_listen(args.admin_listen, "--admin-listen"),
             state_file=args.state,
             access_log=None if args.access_log == "off" else args.access_log,

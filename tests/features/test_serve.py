@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+
+import trustme
 
 from kubegate.app import Gateway, ServeConfig
 from kubegate.translate.context import Options
@@ -56,6 +60,7 @@ async def gateway(manifests: Path) -> AsyncIterator[Gateway]:
         paths=(str(manifests),),
         options=Options(),
         listen=("127.0.0.1", 0),
+        tls_listen=("127.0.0.1", 0),
         admin_listen=("127.0.0.1", 0),
         access_log=None,
         drain_seconds=1.0,
@@ -182,3 +187,40 @@ async def test_no_request_fails_while_manifests_change_100_times(tmp_path: Path)
             assert failures == []
             # the last change (99, odd) added /extra-99: it must be serving
             assert await fetch(port, "/extra-99") == (200, "two")
+
+
+async def test_https_listener_serves_ingress_tls_from_a_secret(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("foo.bar.com")
+    secret = (
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: foo-tls}\ntype: kubernetes.io/tls\ndata:\n"
+        f"  tls.crt: {base64.b64encode(cert.cert_chain_pems[0].bytes()).decode()}\n"
+        f"  tls.key: {base64.b64encode(cert.private_key_pem.bytes()).decode()}\n"
+    )
+    async with echo_backends("one") as ports:
+        (tmp_path / "svc.yaml").write_text(SERVICE.format(name="s1", port=ports["one"]))
+        tls = "  tls: [{hosts: [foo.bar.com], secretName: foo-tls}]\n"
+        (tmp_path / "ing.yaml").write_text(ingress(("/foo", "s1")).replace("spec:\n", "spec:\n" + tls, 1))
+        (tmp_path / "secret.yaml").write_text(secret)
+        async with gateway(tmp_path) as gw:
+            assert gw.address is not None and gw.tls_address is not None
+            client_context = ssl.create_default_context()
+            ca.configure_trust(client_context)
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", gw.tls_address[1], ssl=client_context, server_hostname="foo.bar.com"
+            )
+            client = Client(reader, writer)
+            client.send(get("/foo", "foo.bar.com"))
+            response = await client.response()
+            assert response.status == 200
+            assert response.json()["name"] == "one"
+            assert ("X-Forwarded-Proto", "https") in [tuple(h) for h in response.json()["headers"]]
+            await client.close()
+            # plain HTTP to a host with TLS is redirected (ingress-nginx ssl-redirect default)
+            plain = await Client.connect(gw.address[1])
+            plain.send(get("/foo?x=1", "foo.bar.com"))
+            redirect = await plain.response()
+            await plain.close()
+            assert redirect.status == 308
+            location = redirect.header("Location") or ""
+            assert location.startswith("https://foo.bar.com") and location.endswith("/foo?x=1")

@@ -42,6 +42,8 @@ def test_a_taken_port_is_a_clear_error() -> None:
             "1",
             "--listen",
             f"127.0.0.1:{port}",
+            "--tls-listen",
+            "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
         )
@@ -59,6 +61,8 @@ def test_serves_admin_endpoints_and_stops_on_sigterm() -> None:
         "1",
         "--listen",
         f"127.0.0.1:{port}",
+        "--tls-listen",
+        "127.0.0.1:0",
         "--admin-listen",
         f"127.0.0.1:{admin}",
     )
