@@ -82,12 +82,33 @@ def test_rules_dispatch_is_uniform_without_maps() -> None:
     assert "vmap {" not in "\n".join(rules)
 
 
+def test_inline_dispatch_dnats_in_the_service_chain_and_masquerades_hairpin() -> None:
+    text = render(web(session_affinity="ClientIP", affinity_timeout_seconds=60), dispatch="inline")
+    assert "chain ep-" not in text
+    rules = chain(text, "svc-")
+    first_set = re.search(r"set (aff-\S*__10\.244\.1\.5/8080) \{", text)
+    assert first_set
+    name = first_set.group(1)
+    assert rules[0] == (
+        f"ip saddr @{name} update @{name} {{ ip saddr timeout 60s }} "
+        "meta l4proto tcp dnat ip to 10.244.1.5:8080"
+    )
+    assert rules[2].startswith("numgen random mod 2 == 0 update @aff-")
+    assert rules[2].endswith("{ ip saddr timeout 60s } meta l4proto tcp dnat ip to 10.244.1.5:8080")
+    assert rules[3].endswith("meta l4proto tcp dnat ip to 10.244.2.5:8080")
+    assert "elements = { 10.244.1.5 . 10.244.1.5, 10.244.2.5 . 10.244.2.5 }" in text
+    assert chain(text, "masquerading")[0] == (
+        "ct status dnat ip saddr . ip daddr @hairpin-endpoints masquerade fully-random"
+    )
+
+
 def test_endpoint_chain_marks_hairpin_and_dnats() -> None:
     text = render(web(), endpoints=eps(("10.244.1.5", "node-a")))
     assert chain(text, "ep-") == [
         "ip saddr 10.244.1.5 jump mark-for-masquerade",
         "meta l4proto tcp dnat ip to 10.244.1.5:8080",
     ]
+    assert "hairpin-endpoints" not in text
     assert chain(text, "svc-") == [f"goto {chain_name(text, 'ep-')}"]
 
 
@@ -313,6 +334,10 @@ def test_render_10000_services_of_10_endpoints_is_fast() -> None:
         pytest.param(
             render(web(session_affinity="ClientIP", external_traffic_policy="Local"), dispatch="rules"),
             id="rules-dispatch",
+        ),
+        pytest.param(
+            render(web(session_affinity="ClientIP", external_traffic_policy="Local"), dispatch="inline"),
+            id="inline-dispatch",
         ),
         pytest.param(render_nftables(*many_services(300, 10), NftOptions(node_name="node-a")), id="many"),
     ],

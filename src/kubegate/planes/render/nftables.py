@@ -79,7 +79,10 @@ class NftOptions:
     # a packet); "rules" is one numgen rule per endpoint, without anonymous maps, which the kernel
     # loads far faster at scale (measured with nft 1.0.6 / kernel 6.18, nft -c: 3,000 Services x 10
     # endpoints 18.8 s with "vmap", 3.4 s with "rules"; the vmap cost grows faster than linearly)
-    dispatch: Literal["vmap", "rules"] = "vmap"
+    # "inline" is "rules" with the DNAT written into the Service port chain: no per-endpoint chains;
+    # hairpin traffic is then masqueraded in postrouting from the set hairpin-endpoints (saddr . daddr).
+    # 10,000 Services x 10 endpoints: nft -c 230 s "vmap", 10.7 s "rules", 2.6 s "inline".
+    dispatch: Literal["vmap", "rules", "inline"] = "vmap"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,8 @@ class _Ep:
     local: bool
     chain: str
     affinity_set: str
+    # the statements that send a connection to this endpoint (affinity update, DNAT)
+    action: str
 
 
 @dataclass
@@ -127,8 +132,10 @@ def _check_options(options: NftOptions) -> None:
             raise RenderOptionsError(
                 f"nftables option service_cidr: {options.service_cidr!r} is not an IPv4 network"
             ) from None
-    if options.dispatch not in ("vmap", "rules"):
-        raise RenderOptionsError(f"nftables option dispatch: {options.dispatch!r} is not 'vmap' or 'rules'")
+    if options.dispatch not in ("vmap", "rules", "inline"):
+        raise RenderOptionsError(
+            f"nftables option dispatch: {options.dispatch!r} is not 'vmap', 'rules' or 'inline'"
+        )
     if not 0 < options.masquerade_mark < 2**32:
         raise RenderOptionsError(
             f"nftables option masquerade_mark: {options.masquerade_mark:#x} is not a 32-bit non-zero mark"
@@ -168,14 +175,19 @@ class _Addresses:
 
 def _dispatch(eps: list[_Ep], affinity: bool, mode: str) -> list[str]:
     """Rules that pick one endpoint: remembered clients first, then a uniform random choice."""
-    rules = [f"ip saddr @{ep.affinity_set} goto {ep.chain}" for ep in eps] if affinity else []
+    # "inline" writes the endpoint's statements (affinity update, DNAT) into the rule itself: DNAT
+    # is a terminal verdict, so the rules after a match never run
+    targets = [ep.action if mode == "inline" else f"goto {ep.chain}" for ep in eps]
+    rules = (
+        [f"ip saddr @{ep.affinity_set} {t}" for ep, t in zip(eps, targets, strict=True)] if affinity else []
+    )
     if len(eps) == 1:
-        rules.append(f"goto {eps[0].chain}")
-    elif mode == "rules":
+        rules.append(targets[0])
+    elif mode in ("rules", "inline"):
         # endpoint i is taken with probability 1/(N-i) when none before it was: uniform overall
         count = len(eps)
-        rules += [f"numgen random mod {count - i} == 0 goto {ep.chain}" for i, ep in enumerate(eps[:-1])]
-        rules.append(f"goto {eps[-1].chain}")
+        rules += [f"numgen random mod {count - i} == 0 {t}" for i, t in enumerate(targets[:-1])]
+        rules.append(targets[-1])
     else:
         choices = ", ".join(f"{i} : goto {ep.chain}" for i, ep in enumerate(eps))
         rules.append(f"numgen random mod {len(eps)} vmap {{ {choices} }}")
@@ -196,6 +208,8 @@ class _Renderer:
         self.ip_keys: dict[tuple[int, str, int], str] = {}
         self.nodeport_keys: dict[tuple[str, int], str] = {}
         self.dnat = "dnat ip to" if options.family == "inet" else "dnat to"
+        # endpoint addresses for the postrouting hairpin check of the "inline" dispatch
+        self.hairpin: set[int] = set()
 
     def v4_list(self, service: L4Service, what: str, addresses: Iterable[str]) -> list[int]:
         found: set[int] = set()
@@ -226,7 +240,7 @@ class _Renderer:
             )
         return owner == service.name
 
-    def endpoint_list(self, port: L4Port, prefix: str, affinity: bool) -> list[_Ep]:
+    def endpoint_list(self, port: L4Port, prefix: str, affinity: bool, timeout: int) -> list[_Ep]:
         unique: dict[tuple[int, int], Endpoint] = {}
         for ep in self.endpoints.clusters.get(port.cluster, ()):
             value = self.addresses.v4(ep.ip)
@@ -240,11 +254,13 @@ class _Renderer:
             else:
                 unique.setdefault((value, ep.port), ep)
         node = self.options.node_name
+        proto = port.protocol.lower()
         result = []
         for key in sorted(unique):
             ep = unique[key]
             # an IPv4 address and a port need no sanitising, and they identify the endpoint exactly
             tail = f"{prefix}__{ep.ip}/{ep.port}"
+            update = f"update @aff-{tail} {{ ip saddr timeout {timeout}s }} " if affinity else ""
             result.append(
                 _Ep(
                     ip=ep.ip,
@@ -252,6 +268,7 @@ class _Renderer:
                     local=bool(node) and ep.node == node,
                     chain=f"ep-{tail}",
                     affinity_set=f"aff-{tail}" if affinity else "",
+                    action=f"{update}meta l4proto {proto} {self.dnat} {ep.ip}:{ep.port}",
                 )
             )
         return result
@@ -279,7 +296,8 @@ class _Renderer:
             self.out.notes.append(_comment(f"{service.name}: nodePort {node_port} out of range; left out"))
             node_port = None
         affinity = service.session_affinity == "ClientIP"
-        eps = self.endpoint_list(port, prefix, affinity)
+        timeout = max(1, service.affinity_timeout_seconds)
+        eps = self.endpoint_list(port, prefix, affinity, timeout)
         out = self.out
         cluster_ips = [ip for ip in cluster_ips if self.claim_ip(service, ip, proto, port.port)]
         external = [ip for ip in external if self.claim_ip(service, ip, proto, port.port)]
@@ -291,18 +309,22 @@ class _Renderer:
             if node_port is not None:
                 out.no_endpoint_nodeports.append((proto, node_port, _REJECT))
             return
-        timeout = max(1, service.affinity_timeout_seconds)
         svc_chain = f"svc-{prefix}"
+        inline = self.options.dispatch == "inline"
         for ep in eps:
-            rules = [f"ip saddr {ep.ip} jump mark-for-masquerade"]
             if affinity:
                 out.sets.append(
                     f"\tset {ep.affinity_set} {{\n\t\ttype ipv4_addr\n\t\tflags dynamic,timeout\n"
                     f"\t\ttimeout {timeout}s\n\t}}\n"
                 )
-                rules.append(f"update @{ep.affinity_set} {{ ip saddr timeout {timeout}s }}")
-            rules.append(f"meta l4proto {proto} {self.dnat} {ep.ip}:{ep.port}")
-            _chain(out, ep.chain, rules)
+            if inline:
+                self.hairpin.add(self.addresses.v4(ep.ip))  # type: ignore[arg-type]
+            else:
+                # one string per endpoint chain: this loop runs for every endpoint of every Service
+                out.chains.append(
+                    f"\tchain {ep.chain} {{\n\t\tip saddr {ep.ip} jump mark-for-masquerade\n"
+                    f"\t\t{ep.action}\n\t}}\n"
+                )
         masquerade_all = ["jump mark-for-masquerade"] if self.options.masquerade_all else []
         _chain(out, svc_chain, [*masquerade_all, *_dispatch(eps, affinity, self.options.dispatch)])
         for ip in cluster_ips:
@@ -376,6 +398,10 @@ class _Renderer:
         ips = ", ".join(out.cluster_ips[ip] for ip in sorted(out.cluster_ips))
         elements = f"\t\telements = {{ {ips} }}\n" if ips else ""
         lines.append(f"\tset cluster-ips {{\n\t\ttype ipv4_addr\n{elements}\t}}\n")
+        if options.dispatch == "inline":
+            pairs = ", ".join(f"{a} . {a}" for a in map(ipaddress.IPv4Address, sorted(self.hairpin)))
+            elements = f"\t\telements = {{ {pairs} }}\n" if pairs else ""
+            lines.append(f"\tset hairpin-endpoints {{\n\t\ttype ipv4_addr . ipv4_addr\n{elements}\t}}\n")
         lines.extend(out.sets)
         lines.extend(self.fixed_chains())
         lines.extend(out.chains)
@@ -399,6 +425,10 @@ class _Renderer:
             network = ipaddress.IPv4Network(options.service_cidr, strict=False)
             reject_cidr.append(f"ip daddr {network} reject")
         out = _Out([], [], [], [], {}, [], [], [])
+        hairpin = []
+        if options.dispatch == "inline":
+            # a pod reaching itself through its Service: after DNAT, source and destination are equal
+            hairpin.append("ct status dnat ip saddr . ip daddr @hairpin-endpoints masquerade fully-random")
         base = [
             ("nat-prerouting", "nat", "prerouting", -100, ["jump services"]),
             ("nat-output", "nat", "output", -100, ["jump services"]),
@@ -441,6 +471,7 @@ class _Renderer:
             out,
             "masquerading",
             [
+                *hairpin,
                 f"meta mark & {mark} == 0 return",
                 f"meta mark set meta mark xor {mark}",
                 "masquerade fully-random",
