@@ -148,3 +148,13 @@ def test_corrupt_state_file_is_an_error_not_a_reset(
     assert code == 2
     assert str(state) in err
     assert state.read_text() == "{not json"
+
+
+def test_the_readme_bad_example_reports_what_the_readme_says(capsys: pytest.CaptureFixture[str]) -> None:
+    root = Path(__file__).resolve().parents[2]
+    code, out, _ = run(capsys, "check", str(root / "docs" / "bad-example"))
+    assert code == 1
+    readme = (root / "README.md").read_text()
+    for line in out.splitlines():
+        shown = line.replace(str(root / "docs"), "docs")
+        assert shown in readme, f"README does not show: {shown}"
