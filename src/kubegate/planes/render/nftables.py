@@ -18,6 +18,11 @@ Layout (names are fixed so the driver and humans can find them):
   only endpoints on ``node_name`` without masquerade (traffic the node itself sends still takes the
   Cluster path, as in kube-proxy) and drops when there is none.
 - ``ep-*``: masquerade mark for hairpin (``ip saddr`` is the endpoint itself), affinity update, DNAT.
+  ``NftOptions.dispatch`` chooses how ``svc-*`` picks: ``vmap`` (above, kube-proxy's), ``rules`` (one
+  ``numgen random mod N-i == 0 goto`` rule per endpoint) or ``inline`` (those rules carry the affinity
+  update and DNAT themselves, so there are no ``ep-*`` chains and hairpin traffic is masqueraded in
+  postrouting by the set ``hairpin-endpoints``). Anonymous vmaps and per-endpoint chains are what make
+  big transactions slow in the kernel; see the option's comment for measurements.
 - Service ports without endpoints are rejected in filter chains (``reject`` is not allowed in nat
   chains): TCP gets a reset, others ICMP port-unreachable. Other traffic to ClusterIPs (ping, unused
   ports) is rejected after DNAT, from ``cluster-ips`` and the optional ``service_cidr``.
@@ -88,6 +93,7 @@ class NftOptions:
 @dataclass(frozen=True, slots=True)
 class _Ep:
     ip: str
+    address: int
     port: int
     local: bool
     chain: str
@@ -264,6 +270,7 @@ class _Renderer:
             result.append(
                 _Ep(
                     ip=ep.ip,
+                    address=key[0],
                     port=ep.port,
                     local=bool(node) and ep.node == node,
                     chain=f"ep-{tail}",
@@ -318,7 +325,7 @@ class _Renderer:
                     f"\t\ttimeout {timeout}s\n\t}}\n"
                 )
             if inline:
-                self.hairpin.add(self.addresses.v4(ep.ip))  # type: ignore[arg-type]
+                self.hairpin.add(ep.address)
             else:
                 # one string per endpoint chain: this loop runs for every endpoint of every Service
                 out.chains.append(
