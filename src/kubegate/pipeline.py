@@ -5,7 +5,7 @@ The long-running `serve` keeps the same steps but repeats them on every change (
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -13,8 +13,9 @@ from typing import TextIO
 from kubegate.objects.meta import ObjectKey, Origin
 from kubegate.sources.files import LoadResult, Problem, line_of, load_paths
 from kubegate.state import load_allocations, save_allocations
+from kubegate.store import object_key
 from kubegate.translate import translate
-from kubegate.translate.context import Allocations, Options, Translation
+from kubegate.translate.context import Allocations, Diagnostic, Options, Translation
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,30 +25,25 @@ class Outcome:
 
     def problems(self) -> list[Problem]:
         """Every problem, from decoding and from translation, each placed at its file and line."""
-        origins: dict[ObjectKey, Origin] = {}
-        for loaded in self.load.objects:
-            meta = loaded.obj.metadata
-            namespace = "" if loaded.obj.kind == "IngressClass" else meta.namespace
-            origins[ObjectKey(loaded.obj.kind, namespace, meta.name)] = loaded.origin
-        found = list(self.load.problems)
-        for diagnostic in self.translation.diagnostics:
-            origin = origins.get(diagnostic.object, Origin("<translation>", 0, 0))
-            if diagnostic.field and origin.line:
-                origin = origin._replace(line=line_of(origin, diagnostic.field))
-            found.append(
-                Problem(
-                    origin=origin,
-                    object=diagnostic.object,
-                    field=diagnostic.field,
-                    message=diagnostic.message,
-                    severity=diagnostic.severity,
-                )
-            )
+        origins = {object_key(loaded.obj): loaded.origin for loaded in self.load.objects}
+        placed = place_diagnostics(self.translation.diagnostics, origins.get)
+        found = [*self.load.problems, *placed]
         return sorted(found, key=lambda problem: (problem.origin.source, problem.origin.line))
 
-    @property
-    def error_count(self) -> int:
-        return sum(1 for problem in self.problems() if problem.severity == "error")
+
+def place_diagnostics(
+    diagnostics: Iterable[Diagnostic], origin_of: Callable[[ObjectKey], Origin | None]
+) -> list[Problem]:
+    """Translator diagnostics as Problems at the file and line of the object (and field) they concern."""
+    placed = []
+    for diagnostic in diagnostics:
+        origin = origin_of(diagnostic.object) or Origin("<translation>", 0, 0)
+        if diagnostic.field and origin.line:
+            origin = origin._replace(line=line_of(origin, diagnostic.field))
+        placed.append(
+            Problem(origin, diagnostic.object, diagnostic.field, diagnostic.message, diagnostic.severity)
+        )
+    return placed
 
 
 def load_and_translate(

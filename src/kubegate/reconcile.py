@@ -18,7 +18,8 @@ from pathlib import Path
 import watchfiles
 
 from kubegate.objects.meta import ObjectKey, Origin
-from kubegate.sources.files import Problem, line_of, load_paths
+from kubegate.pipeline import place_diagnostics
+from kubegate.sources.files import Problem, load_paths
 from kubegate.state import StateError, load_allocations, save_allocations
 from kubegate.store import Store
 from kubegate.translate import Translator
@@ -71,7 +72,7 @@ class Reconciler:
         problems = list(result.problems)
         if changed:
             translation = self.translator.translate(self.store.snapshot, self.options, self.allocations)
-            problems.extend(self._placed(translation))
+            problems.extend(place_diagnostics(translation.diagnostics, self.store.origin))
             self._persist(translation.allocations)
             # publish first: the publisher compares with self.translation, the version still serving
             self.publish(translation)
@@ -82,17 +83,6 @@ class Reconciler:
             level = logging.ERROR if problem.severity == "error" else logging.WARNING
             log.log(level, "%s", problem)
         return ReloadReport(self.store.version, changed, self.last_problems, time.perf_counter() - started)
-
-    def _placed(self, translation: Translation) -> list[Problem]:
-        placed = []
-        for diagnostic in translation.diagnostics:
-            origin = self.store.origin(diagnostic.object) or Origin("<translation>", 0, 0)
-            if diagnostic.field and origin.line:
-                origin = origin._replace(line=line_of(origin, diagnostic.field))
-            placed.append(
-                Problem(origin, diagnostic.object, diagnostic.field, diagnostic.message, diagnostic.severity)
-            )
-        return placed
 
     def _persist(self, allocations: Allocations) -> None:
         if allocations == self.allocations:
