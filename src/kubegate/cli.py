@@ -138,6 +138,41 @@ def _cmd_translate(outcome: Outcome, args: argparse.Namespace) -> int:
     return code
 
 
+def _cmd_render(outcome: Outcome, args: argparse.Namespace) -> int:
+    from kubegate.planes.render import (  # noqa: PLC0415
+        HAProxyOptions,
+        HAProxyOptionsError,
+        NftOptions,
+        RenderOptionsError,
+        render_haproxy,
+        render_nftables,
+    )
+
+    code = _report_problems(outcome)
+    routing, endpoints = outcome.translation.routing, outcome.translation.endpoints
+    nodes = []
+    for index, text in enumerate(args.node_address, start=1):
+        name, sep, address = text.rpartition("=")
+        nodes.append((name if sep else f"node{index}", address))
+    try:
+        if args.target == "nftables":
+            options = NftOptions(
+                table=args.table,
+                node_name=args.node_name,
+                node_addresses=tuple(address for _, address in nodes),
+                service_cidr=args.service_cidr,
+                dispatch=args.dispatch,
+            )
+            sys.stdout.write(render_nftables(routing, endpoints, options))
+        else:
+            haproxy = HAProxyOptions(runtime_socket=args.runtime_socket, node_addresses=tuple(nodes))
+            sys.stdout.write(render_haproxy(routing, haproxy))
+    except (RenderOptionsError, HAProxyOptionsError) as error:
+        print(f"kubegate: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return code
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kubegate",
@@ -172,6 +207,31 @@ def _parser() -> argparse.ArgumentParser:
     trans = with_paths("translate", "print the routing model (IR) the manifests translate to")
     trans.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
     trans.set_defaults(handler=_cmd_translate)
+    render_help = "print the nftables ruleset or haproxy.cfg the manifests render to"
+    render = commands.add_parser("render", help=render_help, description=render_help)
+    render.add_argument("target", choices=("nftables", "haproxy"), help="what to render")
+    render.add_argument("paths", nargs="+", metavar="PATH", help="manifest file or directory, or - for stdin")
+    add_translate_arguments(render)
+    render.add_argument(
+        "--node-name", default="", help="node this ruleset is for (externalTrafficPolicy Local)"
+    )
+    render.add_argument(
+        "--node-address",
+        action="append",
+        default=[],
+        metavar="[NAME=]IP",
+        help="a node address: nodePorts answer on it (nftables); a haproxy server (repeatable)",
+    )
+    render.add_argument("--table", default="kubegate", help="nftables table name")
+    render.add_argument(
+        "--dispatch",
+        choices=("vmap", "rules", "inline"),
+        default="vmap",
+        help="how nftables picks an endpoint (see docs/semantics.md)",
+    )
+    render.add_argument("--runtime-socket", default="/run/kubegate/haproxy.sock")
+    render.set_defaults(handler=_cmd_render)
+
     for name, help_text in (
         ("serve", "serve the manifests: proxy HTTP by their Ingress rules, following file changes"),
         ("demo", "serve the manifests (default: examples/) with echo backends on their loopback endpoints"),

@@ -13,6 +13,7 @@ from pathlib import Path
 import trustme
 
 from kubegate.app import Gateway, ServeConfig
+from kubegate.ir.model import RoutingTable
 from kubegate.translate.context import Options
 from tests.proxy.helpers import Client, echo_backends, get
 
@@ -113,13 +114,24 @@ async def test_routes_by_the_manifests_and_follows_file_changes(tmp_path: Path) 
             (tmp_path / "ing.yaml").write_text(ingress(("/foo", "s1"), ("/bar", "s2")))
             await eventually(port, "/bar", (200, "two"))
 
-            # an endpoint-only change: s1 now points at the second backend
+            # an endpoint-only change: s1 now points at the second backend, and routes are not recompiled
+            proxy = gw.proxy
+            assert proxy is not None
+            recompiles: list[object] = []
+            original = proxy.update_routing
+
+            def counting(table: RoutingTable) -> None:
+                recompiles.append(table)
+                original(table)
+
+            proxy.update_routing = counting  # type: ignore[method-assign]
             (tmp_path / "svc.yaml").write_text(
                 SERVICE.format(name="s1", port=ports["two"])
                 + "---\n"
                 + SERVICE.format(name="s2", port=ports["two"])
             )
             await eventually(port, "/foo", (200, "two"))
+            assert recompiles == []
 
 
 async def test_a_broken_edit_keeps_the_last_good_configuration(tmp_path: Path) -> None:

@@ -158,3 +158,23 @@ def test_the_readme_bad_example_reports_what_the_readme_says(capsys: pytest.Capt
     for line in out.splitlines():
         shown = line.replace(str(root / "docs"), "docs")
         assert shown in readme, f"README does not show: {shown}"
+
+
+def test_render_nftables_and_haproxy_from_the_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    code, nft, _ = run(capsys, "render", "nftables", "--node-name", "n1", EXAMPLES)
+    assert code == 0
+    assert "table inet kubegate" in nft
+    # the ClusterIP kubegate allocated for s1 is in the service map
+    _, svc, _ = run(capsys, "get", "svc", EXAMPLES)
+    s1_ip = next(line.split()[2] for line in svc.splitlines() if line.startswith("s1 "))
+    assert s1_ip in nft
+    code, cfg, _ = run(capsys, "render", "haproxy", "--node-address", "n1=192.0.2.10", EXAMPLES)
+    assert code == 0
+    assert "bind 127.0.100.1:80" in cfg
+    assert re.search(r"server n1 192\.0\.2\.10:3\d{4} check", cfg)
+
+
+def test_render_bad_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "render", "nftables", "--table", "bad name!", EXAMPLES)
+    assert code == 2
+    assert "table" in err
