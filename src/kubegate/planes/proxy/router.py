@@ -186,12 +186,14 @@ def rewrite(route: Route, path: str, regex_match: re.Match[str] | None, query: s
 
 
 _GROUP_REF = re.compile(r"\$([1-9])")
+_CACHE_ENTRIES = 4096
+_CACHE_KEY_MAX = 512
 
 
 class Router:
     """A compiled routing table. Immutable once built; swap whole routers to update."""
 
-    __slots__ = ("_any", "_exact", "_wildcard", "default_backend", "table")
+    __slots__ = ("_any", "_cache", "_exact", "_wildcard", "default_backend", "table")
 
     def __init__(self, table: RoutingTable) -> None:
         self.table = table
@@ -199,6 +201,9 @@ class Router:
         self._exact: dict[str, CompiledHost] = {}
         self._wildcard: dict[str, CompiledHost] = {}
         self._any: CompiledHost | None = None
+        # (host, target) -> outcome: matching is a pure function of the two and a router never
+        # changes, so repeated requests skip normalising and lookup. Bounded in entries and key size.
+        self._cache: dict[tuple[str, str], Match | None] = {}
         for vhost in table.virtual_hosts:
             host = vhost.host.lower()
             compiled = CompiledHost(vhost)
@@ -223,6 +228,20 @@ class Router:
 
     def match(self, host: str, target: str) -> Match | None:
         """Route one request; raises BadPath for unroutable targets, returns None for 404."""
+        key = (host, target)
+        cache = self._cache
+        try:
+            return cache[key]
+        except KeyError:
+            pass
+        found = self._match(host, target)  # BadPath is not cached: it is rare and costs little
+        if len(host) + len(target) <= _CACHE_KEY_MAX:
+            if len(cache) >= _CACHE_ENTRIES:
+                cache.clear()
+            cache[key] = found
+        return found
+
+    def _match(self, host: str, target: str) -> Match | None:
         path, query = normalize_path(target)
         compiled = self.host_for(normalize_host(host))
         if compiled is not None:

@@ -142,6 +142,7 @@ class ClientConnection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.parsing: _Request | None = None
         self.active: _Request | None = None
+        self.to_start: _Request | None = None
         self.queue: deque[_Request] = deque()
         self.header_bytes = 0
         self.head_too_large = False
@@ -275,6 +276,11 @@ class ClientConnection(asyncio.Protocol):
                 self._malformed("request header fields too large", 431)
             else:
                 self._malformed(f"malformed request: {exc}")
+        req = self.to_start
+        if req is not None:
+            # started once the whole read is parsed, so a body in the same read is already in
+            self.to_start = None
+            self._start(req)
 
     def _malformed(self, message: str, status: int = 400) -> None:
         self.broken = True
@@ -405,8 +411,9 @@ class ClientConnection(asyncio.Protocol):
     def _enqueue(self, req: _Request) -> None:
         if self.active is None:
             self.active = req
-            # started after the current read is parsed, so a body in the same read is already in
-            self.loop.call_soon(self._start, req)
+            # always called while data_received parses: it starts the request when the read is done
+            # (no call_soon handle and loop iteration per request)
+            self.to_start = req
         else:
             self.queue.append(req)
             self._pause(_PAUSE_QUEUE)
