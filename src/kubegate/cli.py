@@ -262,6 +262,24 @@ def _parser() -> argparse.ArgumentParser:
         add_translate_arguments(sub)
         sub.set_defaults(handler=None, long_running=name)
 
+    agent_help = "node agent: keep the kernel's Service rules (nftables) in line with the manifests"
+    agent = commands.add_parser("proxy", help=agent_help, description=agent_help)
+    agent.add_argument("paths", nargs="+", metavar="PATH", help="manifest file or directory")
+    agent.add_argument("--mode", choices=("nftables",), default="nftables")
+    agent.add_argument("--node-name", default="", help="this node's name (externalTrafficPolicy Local)")
+    agent.add_argument(
+        "--node-address",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="answer nodePorts only on these addresses (default: every local address)",
+    )
+    agent.add_argument("--table", default="kubegate")
+    agent.add_argument("--dispatch", choices=("vmap", "rules", "inline"), default="vmap")
+    agent.add_argument("--keep-rules-on-exit", action="store_true")
+    add_translate_arguments(agent)
+    agent.set_defaults(handler=None, long_running="proxy")
+
     echo = commands.add_parser("echo", help="an echo backend answering JSON about each request")
     echo.add_argument("--name", default="echo")
     echo.add_argument("--listen", default="127.0.0.1:9001", metavar="HOST:PORT")
@@ -278,6 +296,8 @@ def _long_running(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    if args.long_running == "proxy":
+        return _run_agent(args)
     try:
         listen = app.parse_listen(args.listen, "--listen")
         if args.long_running == "echo":
@@ -312,6 +332,36 @@ def _long_running(args: argparse.Namespace) -> int:
     except StateError as error:
         print(f"kubegate: {error}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _run_agent(args: argparse.Namespace) -> int:
+    from kubegate import app  # noqa: PLC0415
+    from kubegate.agent import AgentConfig, NftablesAgent  # noqa: PLC0415
+    from kubegate.ir.model import EndpointTable, RoutingTable  # noqa: PLC0415
+    from kubegate.planes.render import NftOptions, RenderOptionsError, render_nftables  # noqa: PLC0415
+
+    try:
+        nft = NftOptions(
+            table=args.table,
+            node_name=args.node_name,
+            node_addresses=tuple(args.node_address),
+            service_cidr=args.service_cidr,
+            dispatch=args.dispatch,
+        )
+        # options are checked when rendering: check them now, on an empty table, not on the first change
+        render_nftables(RoutingTable(), EndpointTable(), nft)
+        options = options_from_args(args)
+    except (RenderOptionsError, SettingsError) as error:
+        print(f"kubegate: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    config = AgentConfig(
+        paths=tuple(args.paths),
+        options=options,
+        nft=nft,
+        state_file=args.state,
+        keep_rules_on_exit=args.keep_rules_on_exit,
+    )
+    return app.run_event_loop(NftablesAgent(config).run())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,10 @@ ClusterIP traffic to the pods behind it (root; skipped elsewhere, run in CI)."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,3 +104,44 @@ def test_driver_keeps_the_last_good_rules_reapplies_on_drift_and_removes_its_tab
     driver.remove()
     assert topology.run(node, "nft", "list", "tables").stdout.strip() == ""
     assert topology.curl(node, "http://10.96.0.10/") is None
+
+
+def test_node_agent_follows_endpoint_changes_and_cleans_up(topology: Topology, tmp_path: Path) -> None:
+    node, _ = topology.node_with_pods(["10.244.0.2", "10.244.0.3"])
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "web.yaml").write_text(MANIFESTS)
+    agent = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            node,
+            sys.executable,
+            "-m",
+            "kubegate.cli",
+            "proxy",
+            "--mode",
+            "nftables",
+            str(manifests),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    topology.processes.append(agent)
+    try:
+        topology.wait_http(node, "http://10.96.0.10/", seconds=20)
+        assert {topology.answer(node, "http://10.96.0.10/") for _ in range(30)} == {"pod-0", "pod-1"}
+        # scale down to one endpoint: within a bounded time only pod-0 answers
+        (manifests / "web.yaml").write_text(MANIFESTS.replace(", {ip: 10.244.0.3}", ""))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if {topology.answer(node, "http://10.96.0.10/") for _ in range(10)} == {"pod-0"}:
+                break
+            time.sleep(0.2)
+        assert {topology.answer(node, "http://10.96.0.10/") for _ in range(20)} == {"pod-0"}
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(20)
+    assert agent.returncode == 0
+    assert topology.run(node, "nft", "list", "tables").stdout.strip() == ""
