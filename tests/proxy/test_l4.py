@@ -318,13 +318,18 @@ async def test_taken_port_is_reported_and_others_still_serve() -> None:
             port = free_port(LB)
             busy = service("ns/busy", taken.getsockname()[1], lb=("127.0.100.2",))
             good = service("ns/good", port)
-            routing, table = tables((busy, good), {"ns/good": [eps[0].endpoint()]})
+            # TEST-NET-1 is on no interface of this machine
+            elsewhere = service("ns/elsewhere", 80, lb=("192.0.2.1",))
+            # the same address as ns/good: the first Service by name keeps it
+            twin = service("ns/twin", port)
+            routing, table = tables((busy, good, elsewhere, twin), {"ns/good": [eps[0].endpoint()]})
             async with running(routing, table) as proxy:
-                assert len(proxy.errors) == 1
-                name, message = proxy.errors[0]
-                assert name == "ns/busy"
-                assert f"127.0.100.2:{taken.getsockname()[1]}" in message
-                assert "in use" in message
+                errors = dict(proxy.errors)
+                assert sorted(errors) == ["ns/busy", "ns/elsewhere", "ns/twin"]
+                assert f"127.0.100.2:{taken.getsockname()[1]}" in errors["ns/busy"]
+                assert "in use" in errors["ns/busy"]
+                assert "192.0.2.1:80" in errors["ns/elsewhere"]
+                assert "claimed by Service ns/good" in errors["ns/twin"]
                 assert await ask(LB, port) == b"a:hi\n"
         finally:
             taken.close()

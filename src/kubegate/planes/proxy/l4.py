@@ -118,6 +118,7 @@ class L4Proxy:
         self._endpoints = endpoints
         self._services: dict[str, L4Service] = {s.name: s for s in routing.services}
         self._node_address = "0.0.0.0"
+        self._started = False
         # what each bound socket currently serves (changes in place when a Service is edited)
         self._routes: dict[BindKey, Listener] = {}
         self._tcp: dict[BindKey, asyncio.Server] = {}
@@ -132,13 +133,15 @@ class L4Proxy:
 
     async def start(self, node_address: str = "0.0.0.0") -> None:
         self._node_address = node_address
+        self._started = True
         await self._reconcile()
 
     async def update(self, routing: RoutingTable, endpoints: EndpointTable) -> None:
         self._routing = routing
         self._endpoints = endpoints
         self._services = {s.name: s for s in routing.services}
-        await self._reconcile()
+        if self._started:  # before start, only remember the tables: start binds them
+            await self._reconcile()
 
     async def close(self) -> None:
         """Stop listening. Established TCP connections are left to finish; UDP sessions end now."""
@@ -150,6 +153,7 @@ class L4Proxy:
         self._tcp.clear()
         self._udp.clear()
         self._routes.clear()
+        self._started = False
 
     def bound(self) -> set[Listener]:
         """The listeners open right now."""

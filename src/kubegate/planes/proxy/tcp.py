@@ -48,12 +48,13 @@ def reset(transport: asyncio.BaseTransport) -> None:
 class _Side(asyncio.Protocol):
     """One socket of a relayed pair."""
 
-    __slots__ = ("_pair", "eof", "transport")
+    __slots__ = ("_pair", "eof", "eof_sent", "transport")
 
     def __init__(self, pair: _Pair) -> None:
         self._pair = pair
         self.transport: asyncio.Transport | None = None
-        self.eof = False
+        self.eof = False  # the peer socket sent FIN
+        self.eof_sent = False  # we passed the other side's FIN on to it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing asyncio.Transport
@@ -123,7 +124,8 @@ class _Pair:
         if upstream is None:
             return
         for src, dst in ((client, upstream), (upstream, client)):
-            if src.eof and dst.transport is not None and not dst.transport.is_closing():
+            if src.eof and not dst.eof_sent and dst.transport is not None and not dst.transport.is_closing():
+                dst.eof_sent = True
                 if dst.transport.can_write_eof():
                     dst.transport.write_eof()
                 else:
