@@ -21,8 +21,9 @@ the machine was busy with other work, so +-30% between runs):
     splice                880           1868
     haproxy               505           2442
 
-splice is not faster than the asyncio Protocol relay here (its threads pay a context switch per splice and
-both pipes' copies run on the relay's core), so the product relays with plain asyncio Protocols.
+splice is not faster than the asyncio Protocol relay here (probably the blocking threads' wakeups and the
+GIL round trip per splice call cost more than the copy they save at these rates), so the product relays
+with plain asyncio Protocols. haproxy runs without its splice options and with its default 16 KiB buffers.
 
 Run: .venv/bin/python bench/l4.py [--rounds 3] [--megabytes 512] [--connections 2000] [--quick]
 """

@@ -397,3 +397,48 @@ async def test_udp_sessions_balance_reply_and_expire() -> None:
             t.close()
         for t, _ in servers:
             t.close()
+
+
+async def test_udp_affinity_and_sessions_follow_endpoint_removal() -> None:
+    loop = asyncio.get_running_loop()
+    servers = [
+        await loop.create_datagram_endpoint(functools.partial(UdpEcho, n), local_addr=("127.0.0.1", 0))
+        for n in "ab"
+    ]
+    port = free_port(LB, socket.SOCK_DGRAM)
+    svc = L4Service(
+        name="dns",
+        type="LoadBalancer",
+        load_balancer_ips=(LB,),
+        ports=(L4Port(name="dns", protocol="UDP", port=port, cluster="dns"),),
+        session_affinity="ClientIP",
+    )
+    eps = {
+        n: Endpoint(ip="127.0.0.1", port=t.get_extra_info("sockname")[1])
+        for n, (t, _) in zip("ab", servers, strict=True)
+    }
+    routing, table = tables((svc,), {"dns": list(eps.values())})
+    clients = []
+    try:
+        async with running(routing, table) as proxy:
+            for _ in range(3):
+                clients.append(await loop.create_datagram_endpoint(UdpClient, remote_addr=(LB, port)))
+
+            async def query(i: int, data: bytes) -> bytes:
+                transport, client = clients[i]
+                transport.sendto(data)
+                return await asyncio.wait_for(client.replies.get(), 5)
+
+            # three sockets, one client IP: one endpoint for all of them
+            names = {(await query(i, b"q"))[:1] for i in range(3)}
+            assert len(names) == 1
+            kept = names.pop().decode()
+            other = "b" if kept == "a" else "a"
+            # the sticky endpoint goes away: live sessions move rather than talk into the void
+            await proxy.update(routing, tables((), {"dns": [eps[other]]})[1])
+            assert await query(0, b"q") == f"{other}:q".encode()
+    finally:
+        for t, _ in clients:
+            t.close()
+        for t, _ in servers:
+            t.close()

@@ -194,6 +194,9 @@ class L4Proxy:
                 reason = e.strerror or str(e)
                 errors.append((listener.service, f"cannot listen on {_where(*key)}: {reason}"))
         self.errors = errors
+        for key, udp in self._udp.items():
+            route = self._routes[key]
+            udp.drop_sessions_not_to(set(self._candidates(route, self._services.get(route.service))))
         # forget affinity of Services that are gone or no longer sticky
         self._affinity = {
             name: a

@@ -35,11 +35,12 @@ class _Upstream(asyncio.DatagramProtocol):
 
 
 class _Session:
-    __slots__ = ("_listener", "client", "last", "pending", "transport")
+    __slots__ = ("_listener", "client", "endpoint", "last", "pending", "transport")
 
-    def __init__(self, listener: UdpListener, client: Address, now: float) -> None:
+    def __init__(self, listener: UdpListener, client: Address, endpoint: Address, now: float) -> None:
         self._listener = listener
         self.client = client
+        self.endpoint = endpoint
         self.last = now
         self.pending: list[bytes] | None = []
         self.transport: asyncio.DatagramTransport | None = None
@@ -99,7 +100,7 @@ class UdpListener(asyncio.DatagramProtocol):
             endpoint = self._choose(client[0], ())
             if endpoint is None:
                 return  # no endpoint: drop, as a REJECT rule would (minus the ICMP)
-            session = _Session(self, client, now)
+            session = _Session(self, client, endpoint, now)
             self.sessions[client] = session
             task = self._loop.create_task(self._open(session, endpoint))
             self._tasks.add(task)
@@ -122,6 +123,12 @@ class UdpListener(asyncio.DatagramProtocol):
         for data in session.pending:
             transport.sendto(data)
         session.pending = []
+
+    def drop_sessions_not_to(self, endpoints: set[Address]) -> None:
+        """End sessions whose endpoint is gone, so their clients' next datagrams pick a live one
+        (what flushing conntrack entries does in kernel mode)."""
+        for client in [c for c, s in self.sessions.items() if s.endpoint not in endpoints]:
+            self.sessions.pop(client).close()
 
     def send_to_client(self, data: bytes, client: Address) -> None:
         if self._transport is not None and not self._transport.is_closing():
