@@ -40,6 +40,10 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    # wrk's "Socket errors" by kind (connect, read, write, timeout) and its non-2xx/3xx count; wrk
+    # counts a connection the server closes as a read error, a request slower than 2 s as a timeout
+    socket_errors: dict[str, int]
+    non2xx: int
 
 
 def free_port() -> int:
@@ -207,10 +211,18 @@ def run_wrk(port: int, seconds: int, connections: int, cpu: int) -> Result:
     if rps is None:
         raise RuntimeError(f"cannot read wrk output:\n{out}")
     latency = {pct: float(value) * _UNITS[unit] for pct, value, unit in _LATENCY.findall(out)}
-    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors += int(non2xx.group(1)) if non2xx else 0
-    return Result(float(rps.group(1)), latency.get("50", 0.0), latency.get("99", 0.0), errors)
+    socket_errors = {kind: int(n) for kind, n in re.findall(r"(connect|read|write|timeout) (\d+)", out)}
+    non2xx_match = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    non2xx = int(non2xx_match.group(1)) if non2xx_match else 0
+    errors = sum(socket_errors.values()) + non2xx
+    return Result(
+        float(rps.group(1)),
+        latency.get("50", 0.0),
+        latency.get("99", 0.0),
+        errors,
+        socket_errors,
+        non2xx,
+    )
 
 
 def main() -> int:
@@ -269,6 +281,11 @@ def print_table(results: dict[str, list[Result]], args: argparse.Namespace) -> N
             f"{name:<10} {median(name, 'requests_per_second'):>10.0f} {median(name, 'p50_ms'):>8.2f} "
             f"{median(name, 'p99_ms'):>8.2f} {errors:>7}"
         )
+    for name, runs in results.items():
+        for round_no, r in enumerate(runs, 1):
+            if r.errors:
+                kinds = ", ".join(f"{kind} {n}" for kind, n in r.socket_errors.items() if n)
+                print(f"  {name} round {round_no}: socket errors: {kinds or 'none'}; non-2xx/3xx: {r.non2xx}")
     rps_ratio = median("kubegate", "requests_per_second") / median("nginx", "requests_per_second")
     p99_ratio = median("kubegate", "p99_ms") / max(median("nginx", "p99_ms"), 1e-9)
     print(f"\nkubegate/nginx req/s: {rps_ratio:.2f}x (target >= 0.60x)")

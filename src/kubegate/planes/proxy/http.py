@@ -57,8 +57,12 @@ def reason(status: int) -> bytes:
     return _REASONS.get(status, b"Unknown")
 
 
+_STATUS_LINES: dict[int, bytes] = {s: b"HTTP/1.1 %d %s\r\n" % (s, r) for s, r in _REASONS.items()}
+
+
 def status_line(status: int) -> bytes:
-    return b"HTTP/1.1 %d %s\r\n" % (status, reason(status))
+    line = _STATUS_LINES.get(status)  # built once: one is needed per response
+    return line if line is not None else b"HTTP/1.1 %d %s\r\n" % (status, reason(status))
 
 
 def error_response(status: int, message: str, *, close: bool, head: bool = False) -> bytes:

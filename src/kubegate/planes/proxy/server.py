@@ -29,7 +29,6 @@ from kubegate.planes.proxy.http import (
     HOP_BY_HOP,
     ProxySettings,
     TrustedNetworks,
-    connection_tokens,
     error_response,
     status_line,
 )
@@ -38,6 +37,15 @@ from kubegate.planes.proxy.router import BadPath, Match, Router, normalize_host
 from kubegate.planes.proxy.tls import CertificateError, TlsContexts
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_NO_TOKENS: frozenset[bytes] = frozenset()
+# Connection tokens that name no header we would forward anyway
+_DROPPED_ANYWAY = HOP_BY_HOP | {b"close"}
+
+
+def _add_tokens(tokens: set[bytes] | None, value: bytes) -> set[bytes]:
+    """Tokens of one Connection header value added to those seen so far."""
+    found = {t.strip().lower() for t in value.split(b",")}
+    return found if tokens is None else tokens | found
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +182,11 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel = False
         self.tunnel_pending: list[bytes] = []
         self.upgrading = False
+        # the X-Forwarded-* lines around the host for requests carrying none we believe, built for
+        # fwd_peer (the peer is fixed per connection, but set after construction)
+        self.fwd_peer: str | None = None
+        self.fwd_prefix = b""
+        self.fwd_suffix = b""
 
     # --- connection -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -698,9 +711,21 @@ class ClientConnection(asyncio.Protocol):
         self._finished(self.resp_keep_alive)
 
     def _request_head(self, req: _Request, match: Match) -> bytes:
+        head, tokens = self._build_request_head(req, match, _NO_TOKENS)
+        if tokens and not tokens <= _DROPPED_ANYWAY:
+            # Connection names other headers: build again without them (rare; the usual tokens are
+            # keep-alive and close, which change nothing)
+            head, _ = self._build_request_head(req, match, tokens)
+        return head
+
+    def _build_request_head(
+        self, req: _Request, match: Match, drop: frozenset[bytes] | set[bytes]
+    ) -> tuple[bytes, set[bytes] | None]:
+        """The upstream request head without hop-by-hop headers and those in drop, and the tokens of
+        the request's Connection headers (None without any)."""
         target = match.rewritten.encode("latin-1") if match.rewritten is not None else req.target
         parts = [req.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
-        tokens = connection_tokens(req.headers)
+        tokens: set[bytes] | None = None
         trusted = self.server.trusted
         from_trusted = self.peer in trusted
         incoming: dict[bytes, bytes] = {}
@@ -708,7 +733,11 @@ class ClientConnection(asyncio.Protocol):
         vhost_override = route.options.upstream_vhost if route is not None else None
         for name, value in req.headers:
             lname = name.lower()
-            if lname in HOP_BY_HOP or lname in tokens or lname == b"expect":
+            if lname in HOP_BY_HOP:
+                if lname == b"connection":
+                    tokens = _add_tokens(tokens, value)
+                continue
+            if lname in drop or lname == b"expect":
                 continue
             if lname in FORWARDING:
                 if from_trusted:
@@ -720,9 +749,32 @@ class ClientConnection(asyncio.Protocol):
             parts += (name, b": ", value, b"\r\n")
         if req.version == "1.0" and not req.host and vhost_override is None:
             parts.append(b"Host: %b\r\n" % (req.host.encode("latin-1") or b"localhost"))
+        if incoming:
+            parts.append(self._trusted_forwarding(req, incoming))
+        else:
+            # nothing believed from the client: the lines depend on the connection and the host only
+            if self.fwd_peer is not self.peer:
+                peer = self.peer.encode("latin-1")
+                self.fwd_prefix = (
+                    b"X-Forwarded-For: %b\r\nX-Real-IP: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: "
+                    % (peer, trusted.real_client(self.peer, None).encode("latin-1"), self.scheme)
+                )
+                self.fwd_suffix = b"\r\nX-Forwarded-Port: %d\r\n" % self.local_port
+                self.fwd_peer = self.peer
+            parts += (self.fwd_prefix, req.host.encode("latin-1"), self.fwd_suffix)
+        if req.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        if req.upgrade is not None:
+            parts += (b"Connection: upgrade\r\nUpgrade: ", req.upgrade, b"\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts), tokens
+
+    def _trusted_forwarding(self, req: _Request, incoming: dict[bytes, bytes]) -> bytes:
+        """The X-Forwarded-* lines extending what a trusted proxy told us."""
+        trusted = self.server.trusted
         peer = self.peer.encode("latin-1")
         xff = incoming.get(b"x-forwarded-for")
-        parts += (b"X-Forwarded-For: ", xff + b", " + peer if xff else peer, b"\r\n")
+        parts = [b"X-Forwarded-For: ", xff + b", " + peer if xff else peer, b"\r\n"]
         parts += (b"X-Real-IP: ", trusted.real_client(self.peer, xff).encode("latin-1"), b"\r\n")
         parts += (b"X-Forwarded-Proto: ", incoming.get(b"x-forwarded-proto", self.scheme), b"\r\n")
         parts += (
@@ -732,11 +784,6 @@ class ClientConnection(asyncio.Protocol):
         )
         port = incoming.get(b"x-forwarded-port", b"%d" % self.local_port)
         parts += (b"X-Forwarded-Port: ", port, b"\r\n")
-        if req.chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        if req.upgrade is not None:
-            parts += (b"Connection: upgrade\r\nUpgrade: ", req.upgrade, b"\r\n")
-        parts.append(b"\r\n")
         return b"".join(parts)
 
     # --- ResponseSink: called by the upstream connection --------------------------------------------
@@ -746,16 +793,9 @@ class ClientConnection(asyncio.Protocol):
         if req is None or transport is None or self.closed:
             return
         self.resp_status = status
-        tokens = connection_tokens(headers)
-        parts = [status_line(status)]
-        has_length = False
-        for name, value in headers:
-            lname = name.lower()
-            if lname in HOP_BY_HOP or lname in tokens:
-                continue
-            if lname == b"content-length":
-                has_length = True
-            parts += (name, b": ", value, b"\r\n")
+        parts, has_length, tokens = _response_lines(status, headers, _NO_TOKENS)
+        if tokens and not tokens <= _DROPPED_ANYWAY:
+            parts, has_length, _ = _response_lines(status, headers, tokens)
         no_body = req.method == "HEAD" or status in (204, 304) or 100 <= status < 200
         self.resp_chunked = False
         if status == 101:
@@ -799,7 +839,8 @@ class ClientConnection(asyncio.Protocol):
             framed = head + framed
         transport.write(framed)
         buffered = transport.get_write_buffer_size()
-        self.server.stats.max_buffered = max(self.server.stats.max_buffered, buffered)
+        stats = self.server.stats
+        stats.max_buffered = max(stats.max_buffered, buffered)
 
     def upstream_complete(self, keep_alive: bool) -> None:
         self._flush_head()
@@ -859,6 +900,28 @@ class ClientConnection(asyncio.Protocol):
                 self.upstream.transport.write_eof()
             return True
         return None
+
+
+def _response_lines(
+    status: int, headers: list[tuple[bytes, bytes]], drop: frozenset[bytes] | set[bytes]
+) -> tuple[list[bytes], bool, set[bytes] | None]:
+    """The status line and the end-to-end header lines of a response, whether it has a
+    Content-Length, and the tokens of its Connection headers (None without any)."""
+    parts = [status_line(status)]
+    has_length = False
+    tokens: set[bytes] | None = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == b"connection":
+                tokens = _add_tokens(tokens, value)
+            continue
+        if lname in drop:
+            continue
+        if lname == b"content-length":
+            has_length = True
+        parts += (name, b": ", value, b"\r\n")
+    return parts, has_length, tokens
 
 
 def _choose_backend(choices: tuple[Backend, ...]) -> Backend:
