@@ -54,8 +54,8 @@ def topology() -> Iterator[Topology]:
         topo.teardown()
 
 
-def ruleset(tmp_path: Path) -> str:
-    (tmp_path / "web.yaml").write_text(MANIFESTS)
+def ruleset(tmp_path: Path, manifests: str = MANIFESTS) -> str:
+    (tmp_path / "web.yaml").write_text(manifests)
     outcome = load_and_translate([str(tmp_path)], Options())
     assert outcome.problems() == []
     translation = outcome.translation
@@ -88,7 +88,7 @@ def test_driver_keeps_the_last_good_rules_reapplies_on_drift_and_removes_its_tab
 ) -> None:
     node, _ = topology.node_with_pods(["10.244.0.2"])
     driver = NftDriver(netns=node)
-    good = ruleset(tmp_path)
+    good = ruleset(tmp_path, MANIFESTS.replace(", {ip: 10.244.0.3}", ""))
     driver.apply(good)
     assert not driver.apply(good)  # unchanged: nothing to do
 
