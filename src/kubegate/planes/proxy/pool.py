@@ -32,7 +32,9 @@ class UpstreamPool:
         return None
 
     def put(self, address: Address, conn: UpstreamConnection) -> None:
-        idle = self._idle.setdefault(address, [])
+        idle = self._idle.get(address)
+        if idle is None:
+            idle = self._idle[address] = []
         if len(idle) >= self._max_idle or not conn.usable():
             conn.close()
             return

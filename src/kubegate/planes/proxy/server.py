@@ -584,7 +584,8 @@ class ClientConnection(asyncio.Protocol):
                 address = None if self.ex_tried else self.ex_candidates
             else:
                 assert self.ex_balancer is not None
-                address = self.ex_balancer.pick(self.ex_key, tuple(self.ex_tried))
+                tried = self.ex_tried
+                address = self.ex_balancer.pick(self.ex_key, tuple(tried) if tried else ())
             if address is None:
                 break
             conn = pool.take(address)
@@ -663,7 +664,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             if self.ex_balancer is not None:
                 self.ex_balancer.finished(address)
-            label = f"{address[0]}:{address[1]}"
+            label = _label(address)
             if ok:
                 if conn is not None:
                     if keep_alive and req.body_done and conn.usable():
@@ -900,6 +901,20 @@ class ClientConnection(asyncio.Protocol):
                 self.upstream.transport.write_eof()
             return True
         return None
+
+
+_LABELS: dict[Address, str] = {}
+
+
+def _label(address: Address) -> str:
+    """ "host:port" for the access log, built once per endpoint rather than per request."""
+    label = _LABELS.get(address)
+    if label is None:
+        label = f"{address[0]}:{address[1]}"
+        if len(_LABELS) >= 4096:
+            _LABELS.clear()
+        _LABELS[address] = label
+    return label
 
 
 def _response_lines(
