@@ -25,6 +25,7 @@ from kubegate.echo import start_echo
 from kubegate.gateway.accesslog import AccessLogWriter, Format
 from kubegate.ir.dump import dump_translation
 from kubegate.planes.proxy.http import ProxySettings
+from kubegate.planes.proxy.l4 import L4Proxy, L4Settings
 from kubegate.planes.proxy.server import ProxyServer
 from kubegate.reconcile import Reconciler
 from kubegate.translate.context import Options, Translation
@@ -44,6 +45,9 @@ class ServeConfig:
     options: Options
     listen: tuple[str, int] = ("0.0.0.0", 8080)
     tls_listen: tuple[str, int] | None = ("0.0.0.0", 8443)
+    # where nodePorts listen (userspace L4 mode); LoadBalancer and external IPs listen on themselves.
+    # None: no L4 listeners at all
+    node_address: str | None = "0.0.0.0"
     admin_listen: tuple[str, int] | None = ("127.0.0.1", 10254)
     state_file: Path | None = None
     access_log: Format | None = "text"
@@ -69,6 +73,9 @@ class Gateway:
         self.trigger = asyncio.Event()
         self.address: tuple[str, int] | None = None
         self.tls_address: tuple[str, int] | None = None
+        self.l4: L4Proxy | None = None
+        self._l4_lock = asyncio.Lock()
+        self._l4_updates: set[asyncio.Task[None]] = set()
         self._watch_task: asyncio.Task[None] | None = None
 
     def _publish(self, translation: Translation) -> None:
@@ -83,6 +90,22 @@ class Gateway:
                 log.error("TLS certificate %s", error)
         if previous is None or previous.endpoints != translation.endpoints:
             proxy.update_endpoints(translation.endpoints)
+        if self.l4 is not None:
+            task = asyncio.get_running_loop().create_task(self._update_l4(translation))
+            self._l4_updates.add(task)
+            task.add_done_callback(self._l4_updates.discard)
+
+    async def _update_l4(self, translation: Translation) -> None:
+        # updates run one at a time, in publish order, so an older table never overwrites a newer one
+        async with self._l4_lock:
+            assert self.l4 is not None
+            await self.l4.update(translation.routing, translation.endpoints)
+            self._log_l4_errors()
+
+    def _log_l4_errors(self) -> None:
+        assert self.l4 is not None
+        for service, message in self.l4.errors:
+            log.error("Service %s: %s", service, message)
 
     async def start(self) -> None:
         self.reconciler.reload()
@@ -109,6 +132,10 @@ class Gateway:
                 ) from None
             for cert_error in self.proxy.tls_errors:
                 log.error("TLS certificate %s", cert_error)
+        if self.config.node_address is not None:
+            self.l4 = L4Proxy(translation.routing, translation.endpoints, L4Settings())
+            await self.l4.start(self.config.node_address)
+            self._log_l4_errors()
         if self.config.admin_listen is not None:
             self.admin = AdminServer(self._admin_routes())
             admin_host, admin_port = self.config.admin_listen
@@ -158,6 +185,9 @@ class Gateway:
                 await self._watch_task
         if self.admin is not None:
             await self.admin.close()
+        if self.l4 is not None:
+            async with self._l4_lock:
+                await self.l4.close()
         if self.proxy is not None:
             await self.proxy.close(self.config.drain_seconds)
         if self.access_log is not None:

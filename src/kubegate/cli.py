@@ -248,6 +248,12 @@ def _parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--admin-listen", default="127.0.0.1:10254", metavar="HOST:PORT")
         sub.add_argument(
+            "--node-address",
+            default="0.0.0.0",
+            metavar="IP",
+            help="address nodePorts listen on (userspace mode); 'off' for no L4 listeners",
+        )
+        sub.add_argument(
             "--workers", type=int, default=None, help="processes sharing the port (default: one per core)"
         )
         sub.add_argument("--access-log", choices=("text", "json", "off"), default="text")
@@ -316,6 +322,7 @@ def _long_running(args: argparse.Namespace) -> int:
             if args.tls_listen == "off"
             else app.parse_listen(args.tls_listen, "--tls-listen"),
             admin_listen=app.parse_listen(args.admin_listen, "--admin-listen"),
+            node_address=None if args.node_address == "off" else args.node_address,
             state_file=args.state,
             access_log=None if args.access_log == "off" else args.access_log,
             proxy=ProxySettings(trusted_proxies=tuple(args.trusted_proxy)),

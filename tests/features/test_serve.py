@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ import trustme
 
 from kubegate.app import Gateway, ServeConfig
 from kubegate.ir.model import RoutingTable
-from kubegate.translate.context import Options
+from kubegate.translate.context import Options, Pool
 from tests.proxy.helpers import Client, echo_backends, get
 
 SERVICE = """\
@@ -63,6 +64,7 @@ async def gateway(manifests: Path) -> AsyncIterator[Gateway]:
         listen=("127.0.0.1", 0),
         tls_listen=("127.0.0.1", 0),
         admin_listen=("127.0.0.1", 0),
+        node_address=None,
         access_log=None,
         drain_seconds=1.0,
     )
@@ -236,3 +238,44 @@ async def test_https_listener_serves_ingress_tls_from_a_secret(tmp_path: Path) -
             assert redirect.status == 308
             location = redirect.header("Location") or ""
             assert location.startswith("https://foo.bar.com") and location.endswith("/foo?x=1")
+
+
+async def test_a_loadbalancer_service_answers_on_its_external_ip_and_nodeport(tmp_path: Path) -> None:
+    lb_pool = "127.0.123.0/24"
+    with socket.socket() as probe:
+        probe.bind(("127.0.123.1", 0))
+        service_port = probe.getsockname()[1]
+    async with echo_backends("lb") as ports:
+        (tmp_path / "svc.yaml").write_text(
+            SERVICE.format(name="shop", port=ports["lb"])
+            .replace("spec:\n", "spec:\n  type: LoadBalancer\n", 1)
+            .replace("port: 80}", f"port: {service_port}}}", 1)
+        )
+        config = ServeConfig(
+            paths=(str(tmp_path),),
+            options=Options(pools=(Pool(name="test", addresses=(lb_pool,), avoid_buggy_ips=True),)),
+            listen=("127.0.0.1", 0),
+            tls_listen=None,
+            admin_listen=None,
+            node_address="127.0.0.1",
+            access_log=None,
+            drain_seconds=1.0,
+        )
+        gw = Gateway(config)
+        await gw.start()
+        try:
+            translation = gw.reconciler.translation
+            assert translation is not None
+            (service,) = translation.routing.services
+            assert service.load_balancer_ips == ("127.0.123.1",)
+            node_port = service.ports[0].node_port
+            assert node_port is not None
+            for address, port in (("127.0.123.1", service_port), ("127.0.0.1", node_port)):
+                reader, writer = await asyncio.open_connection(address, port)
+                client = Client(reader, writer)
+                client.send(get("/", "anything"))
+                response = await client.response()
+                await client.close()
+                assert response.json()["name"] == "lb", (address, port)
+        finally:
+            await gw.stop()
