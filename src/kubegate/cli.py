@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import msgspec
 
@@ -286,6 +287,30 @@ def _parser() -> argparse.ArgumentParser:
     add_translate_arguments(agent)
     agent.set_defaults(handler=None, long_running="proxy")
 
+    lb_help = (
+        "bare-metal LoadBalancer: run HAProxy in front of the nodes' nodePorts for LoadBalancer Services"
+    )
+    lb = commands.add_parser("loadbalancer", help=lb_help, description=lb_help)
+    lb.add_argument("paths", nargs="+", metavar="PATH", help="manifest file or directory")
+    lb.add_argument("--mode", choices=("haproxy",), default="haproxy")
+    lb.add_argument(
+        "--node-address",
+        action="append",
+        default=[],
+        metavar="NAME=IP",
+        required=True,
+        help="a node whose nodePorts receive the traffic (repeatable)",
+    )
+    lb.add_argument(
+        "--config",
+        type=Path,
+        default=Path("/run/kubegate/haproxy.cfg"),
+        help="where the haproxy.cfg is written (default: %(default)s)",
+    )
+    lb.add_argument("--runtime-socket", default="/run/kubegate/haproxy.sock")
+    add_translate_arguments(lb)
+    lb.set_defaults(handler=None, long_running="loadbalancer")
+
     echo = commands.add_parser("echo", help="an echo backend answering JSON about each request")
     echo.add_argument("--name", default="echo")
     echo.add_argument("--listen", default="127.0.0.1:9001", metavar="HOST:PORT")
@@ -304,6 +329,8 @@ def _long_running(args: argparse.Namespace) -> int:
     )
     if args.long_running == "proxy":
         return _run_agent(args)
+    if args.long_running == "loadbalancer":
+        return _run_loadbalancer(args)
     try:
         listen = app.parse_listen(args.listen, "--listen")
         if args.long_running == "echo":
@@ -369,6 +396,44 @@ def _run_agent(args: argparse.Namespace) -> int:
         keep_rules_on_exit=args.keep_rules_on_exit,
     )
     return app.run_event_loop(NftablesAgent(config).run())
+
+
+def _haproxy_maxconn(ceiling: int = 20000) -> int:
+    """HAProxy needs about two descriptors per connection: stay within this process's hard limit, or it
+    refuses to start ("Cannot raise FD limit")."""
+    import resource  # noqa: PLC0415
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return ceiling if hard == resource.RLIM_INFINITY else max(100, min(ceiling, (hard - 100) // 2))
+
+
+def _run_loadbalancer(args: argparse.Namespace) -> int:
+    from kubegate import app  # noqa: PLC0415
+    from kubegate.ir.model import RoutingTable  # noqa: PLC0415
+    from kubegate.loadbalancer import HAProxyLoadBalancer, LoadBalancerConfig  # noqa: PLC0415
+    from kubegate.planes.render import HAProxyOptions, HAProxyOptionsError, render_haproxy  # noqa: PLC0415
+
+    nodes = []
+    for text in args.node_address:
+        name, sep, address = text.rpartition("=")
+        nodes.append((name if sep else address, address))
+    try:
+        haproxy = HAProxyOptions(
+            runtime_socket=args.runtime_socket, node_addresses=tuple(nodes), maxconn=_haproxy_maxconn()
+        )
+        render_haproxy(RoutingTable(), haproxy)  # checks the options now, not on the first change
+        options = options_from_args(args)
+    except (HAProxyOptionsError, SettingsError) as error:
+        print(f"kubegate: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    config = LoadBalancerConfig(
+        paths=tuple(args.paths),
+        options=options,
+        haproxy=haproxy,
+        config_path=args.config,
+        state_file=args.state,
+    )
+    return app.run_event_loop(HAProxyLoadBalancer(config).run())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

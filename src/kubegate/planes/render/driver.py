@@ -161,21 +161,25 @@ class HAProxyDriver:
         return self.process is not None and self.process.poll() is None
 
     def _start(self) -> None:
+        # haproxy's own messages (health checks going up and down) go to a log file beside the config: a
+        # pipe nobody reads would fill and block haproxy
+        log_path = self.config_path.with_suffix(".log")
         try:
-            self.process = subprocess.Popen(
-                [self.binary, "-W", "-db", "-f", str(self.config_path)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
+            with log_path.open("ab") as log_file:
+                self.process = subprocess.Popen(
+                    [self.binary, "-W", "-db", "-f", str(self.config_path)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=log_file,
+                )
         except FileNotFoundError:
             raise ApplyError(f"{self.binary} is not installed") from None
         # a config that passes -c can still fail to start (an address not on this host, a port taken)
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                stderr = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
                 self.process = None
-                raise ApplyError(f"haproxy failed to start: {_first_lines(stderr)}")
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise ApplyError(f"haproxy failed to start: {_first_lines(tail)} (log: {log_path})")
             time.sleep(0.05)
 
     def stop(self, timeout: float = 10.0) -> None:
