@@ -1,0 +1,491 @@
+"""Services at scale and speed: nftables render/apply times and TCP throughput through each data plane.
+
+Everything runs in throwaway network namespaces created here (unique names, deleted in a finally), so it
+needs root and the binaries ip, nft, iperf3 and haproxy (Debian packages iproute2, nftables, iperf3,
+haproxy); without them it says what is missing and exits 0 having measured nothing.
+
+1. Scale: 10,000 Services x 10 endpoints rendered by ``render_nftables`` and applied by ``NftDriver.apply``
+   in one transaction, for the "inline" and "rules" dispatch ("vmap" only at 1,000 Services: it needs
+   minutes at 10,000). ``apply`` runs ``nft -c`` (validate), ``nft -f`` (load, reported alone as "load
+   without -c") and ``nft list table`` (the drift baseline); each step is timed. Then one endpoint of one
+   Service changes: re-render and apply the whole table, as the driver does today, against the cost of an
+   incremental update (one ``nft -f`` transaction that rewrites only the chains and set elements that
+   differ), which is what a diffing driver would pay.
+2. Kernel path: iperf3 client namespace -> node's nodePort -> pod namespace through the rendered rules
+   (DNAT + masquerade), against the client reaching the pod directly, routed by the node without NAT.
+3. Userspace path: the same through ``kubegate.planes.proxy.l4.L4Proxy`` (uvloop, in the node namespace)
+   against haproxy ``mode tcp`` on the same path.
+
+Run: .venv/bin/python bench/services.py [--services 10000] [--rounds 3] [--seconds 5] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.netns.topology import Topology, sh
+
+from kubegate.ir.model import Endpoint, EndpointTable, L4Port, L4Service, RoutingTable
+from kubegate.planes.render import NftOptions, render_nftables
+from kubegate.planes.render.driver import NftDriver
+
+TABLE = "kgbench"
+NODE_IP, CLIENT_IP = "192.168.77.1", "192.168.77.2"
+POD_IP, POD_PORT = "10.244.0.10", 5201
+KERNEL_NODEPORT, PROXY_NODEPORT, HAPROXY_PORT = 30080, 30081, 30082
+BINARIES = ("ip", "nft", "iperf3", "haproxy", "ss")
+
+# the userspace relay as the product runs it: L4Proxy on uvloop, listening on the node address
+PROXY_RUNNER = """
+import asyncio, sys
+import uvloop
+from kubegate.ir.model import Endpoint, EndpointTable, L4Port, L4Service, RoutingTable
+from kubegate.planes.proxy.l4 import L4Proxy, L4Settings
+node_ip, node_port, pod_ip, pod_port = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+svc = L4Service(name="bench/iperf", type="NodePort", cluster_ips=("10.96.0.10",),
+    ports=(L4Port(name="iperf", protocol="TCP", port=5201, cluster="iperf", node_port=node_port),))
+routing = RoutingTable(services=(svc,))
+endpoints = EndpointTable(clusters={"iperf": (Endpoint(ip=pod_ip, port=pod_port),)})
+async def main():
+    proxy = L4Proxy(routing, endpoints, L4Settings())
+    await proxy.start(node_ip)
+    if proxy.errors:
+        sys.exit(str(proxy.errors))
+    await asyncio.Event().wait()
+uvloop.run(main())
+"""
+
+HAPROXY_CFG = """\
+global
+    nbthread 1
+    maxconn 4000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+listen iperf
+    bind {node_ip}:{port}
+    server pod {pod_ip}:{pod_port}
+"""
+
+
+# -- the IR at scale -----------------------------------------------------------------------------------
+
+
+def _ip(base: int, index: int) -> str:
+    value = base + index
+    return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}"
+
+
+CLUSTER_IP_BASE = (10 << 24) | (96 << 16)
+ENDPOINT_BASE = (10 << 24) | (128 << 16)
+
+
+def scale_ir(services: int, endpoints_each: int) -> tuple[RoutingTable, EndpointTable]:
+    """``services`` ClusterIP Services of one TCP port; every fifth is a NodePort (the range holds 2,768)."""
+    svcs = []
+    clusters: dict[str, tuple[Endpoint, ...]] = {}
+    for i in range(services):
+        node_port = 30000 + i // 5 if i % 5 == 0 and i // 5 < 2768 else None
+        svcs.append(
+            L4Service(
+                name=f"bench/svc{i:05d}",
+                type="NodePort" if node_port else "ClusterIP",
+                cluster_ips=(_ip(CLUSTER_IP_BASE, i + 1),),
+                ports=(L4Port(name="http", protocol="TCP", port=80, cluster=f"c{i}", node_port=node_port),),
+            )
+        )
+        clusters[f"c{i}"] = tuple(
+            Endpoint(ip=_ip(ENDPOINT_BASE, i * endpoints_each + j), port=8080) for j in range(endpoints_each)
+        )
+    return RoutingTable(services=tuple(svcs)), EndpointTable(clusters=clusters)
+
+
+def one_endpoint_changed(endpoints: EndpointTable) -> EndpointTable:
+    """The first Service's first endpoint replaced by a new pod (a rolling update's single step)."""
+    clusters = dict(endpoints.clusters)
+    first = clusters["c0"]
+    clusters["c0"] = (Endpoint(ip="10.250.0.1", port=8080), *first[1:])
+    return EndpointTable(clusters=clusters)
+
+
+# -- incremental update: what a diffing driver would send ----------------------------------------------
+
+_CHAIN = re.compile(r"^\tchain (\S+) \{\n(.*?)\n\t\}$", re.M | re.S)
+_SET = re.compile(r"^\tset (\S+) \{\n(.*?)\n\t\}$", re.M | re.S)
+_MAP = re.compile(r"^\tmap (\S+) \{\n(.*?)\n\t\}$", re.M | re.S)
+_ELEMENTS = re.compile(r"elements = \{(.*?)\}", re.S)
+
+
+def _elements(body: str) -> set[str]:
+    found = _ELEMENTS.search(body)
+    return {e.strip() for e in found.group(1).split(",") if e.strip()} if found else set()
+
+
+def incremental_script(old: str, new: str, family: str, table: str) -> str | None:
+    """One nft transaction turning ruleset ``old`` into ``new`` by chains and set elements, or None when
+    maps differ (not needed for an endpoint change, so not handled)."""
+    if dict(_MAP.findall(old)) != dict(_MAP.findall(new)):
+        return None
+    where = f"{family} {table}"
+    lines: list[str] = []
+    old_sets, new_sets = dict(_SET.findall(old)), dict(_SET.findall(new))
+    for name in sorted(old_sets.keys() & new_sets.keys()):
+        before, after = _elements(old_sets[name]), _elements(new_sets[name])
+        if gone := sorted(before - after):
+            lines.append(f"delete element {where} {name} {{ {', '.join(gone)} }}")
+        if added := sorted(after - before):
+            lines.append(f"add element {where} {name} {{ {', '.join(added)} }}")
+    old_chains, new_chains = dict(_CHAIN.findall(old)), dict(_CHAIN.findall(new))
+    for name in sorted(new_chains.keys() - old_chains.keys()):
+        lines.append(f"add chain {where} {name}")
+    for name, body in sorted(new_chains.items()):
+        if old_chains.get(name) == body:
+            continue
+        if name in old_chains:
+            lines.append(f"flush chain {where} {name}")
+        lines += [f"add rule {where} {name} {rule.strip()}" for rule in body.splitlines() if rule.strip()]
+    lines += [f"delete chain {where} {name}" for name in sorted(old_chains.keys() - new_chains.keys())]
+    return "\n".join(lines) + "\n"
+
+
+# -- timing --------------------------------------------------------------------------------------------
+
+
+class TimedNftDriver(NftDriver):
+    """NftDriver recording how long each nft command took, keyed by its first argument (-c, -f, list)."""
+
+    def __init__(self, table: str, family: str, netns: str) -> None:
+        super().__init__(table, family, netns=netns)
+        self.steps: dict[str, float] = {}
+
+    def _nft(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        started = time.perf_counter()
+        try:
+            return super()._nft(*args, stdin=stdin)
+        finally:
+            self.steps[args[0]] = self.steps.get(args[0], 0.0) + time.perf_counter() - started
+
+
+def timed(action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+@dataclass
+class Row:
+    measure: str
+    value: str
+    baseline: str = ""
+    target: str = ""
+    verdict: str = ""
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+
+    def add(
+        self, measure: str, value: str, baseline: str = "", target: str = "", ok: bool | None = None
+    ) -> None:
+        verdict = "" if ok is None else ("met" if ok else "MISSED")
+        self.rows.append(Row(measure, value, baseline, target, verdict))
+        print(f"  {measure}: {value}  {baseline}", flush=True)
+
+    def table(self) -> str:
+        header = Row("measure", "kubegate", "baseline", "target", "")
+        widths = [
+            max(len(getattr(r, f)) for r in (header, *self.rows))
+            for f in ("measure", "value", "baseline", "target", "verdict")
+        ]
+        lines = []
+        for r in (header, *self.rows):
+            cells = (r.measure, r.value, r.baseline, r.target, r.verdict)
+            lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
+        lines.insert(1, "-" * len(lines[0]))
+        return "\n".join(lines)
+
+
+def _s(seconds: float) -> str:
+    return f"{seconds:.2f} s" if seconds >= 1 else f"{seconds * 1000:.0f} ms"
+
+
+# -- 1. render and apply at scale ----------------------------------------------------------------------
+
+
+def bench_scale(report: Report, services: int, dispatch: str, target: bool) -> None:
+    topo = Topology()
+    try:
+        node = topo.netns("scale")
+        routing, endpoints = scale_ir(services, 10)
+        options = NftOptions(table=TABLE, dispatch=dispatch)  # type: ignore[arg-type]
+        label = f"{services:,} Services x 10, {dispatch}"
+        ruleset = ""
+
+        def render() -> None:
+            nonlocal ruleset
+            ruleset = render_nftables(routing, endpoints, options)
+
+        render_s = timed(render)
+        driver = TimedNftDriver(TABLE, "inet", node)
+        apply_s = timed(lambda: driver.apply(ruleset))
+        steps = dict(driver.steps)
+        total = render_s + apply_s
+        report.add(f"{label}: render", _s(render_s), f"{len(ruleset.splitlines()):,} lines")
+        report.add(f"{label}: validate (nft -c)", _s(steps.get("-c", 0.0)))
+        report.add(f"{label}: load without -c (nft -f)", _s(steps.get("-f", 0.0)))
+        report.add(f"{label}: drift baseline (nft list)", _s(steps.get("list", 0.0)))
+        report.add(
+            f"{label}: render + apply",
+            _s(total),
+            target="< 2 s" if target else "",
+            ok=total < 2.0 if target else None,
+        )
+
+        changed = one_endpoint_changed(endpoints)
+        new_ruleset = ""
+
+        def rerender() -> None:
+            nonlocal new_ruleset
+            new_ruleset = render_nftables(routing, changed, options)
+
+        rerender_s = timed(rerender)
+        driver.steps.clear()
+        reapply_s = timed(lambda: driver.apply(new_ruleset))
+        change_total = rerender_s + reapply_s
+        # the difference back to the first table (the same size as the change itself), so the table need
+        # not be reloaded in full first
+        script = incremental_script(new_ruleset, ruleset, "inet", TABLE)
+        incremental = ""
+        if script is not None:
+            inc_started = time.perf_counter()
+            result = subprocess.run(
+                ["ip", "netns", "exec", node, "nft", "-f", "-"],
+                input=script,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            inc_s = time.perf_counter() - inc_started
+            listing = topo.run(node, "nft", "list", "table", "inet", TABLE).stdout
+            if result.returncode != 0:
+                incremental = f"incremental failed: {result.stderr.strip()[:80]}"
+            elif "10.250.0.1" in listing or _ip(ENDPOINT_BASE, 0) not in listing:
+                incremental = "incremental did not take effect"
+            else:
+                incremental = f"incremental nft -f ({len(script.splitlines())} cmds) {_s(inc_s)}"
+        report.add(
+            f"{label}: one endpoint change, full re-render + apply",
+            _s(change_total),
+            incremental,
+            target="< 100 ms" if target else "",
+            ok=change_total < 0.1 if target else None,
+        )
+    finally:
+        topo.teardown()
+
+
+# -- 2 and 3. throughput -------------------------------------------------------------------------------
+
+
+@dataclass
+class Path3:
+    """client namespace <-> node namespace (bridge br0) <-> pod namespace running iperf3 -s."""
+
+    topo: Topology
+    node: str
+    client: str
+    pod: str
+
+
+def build_path(topo: Topology) -> Path3:
+    node, client, pod = topo.netns("node"), topo.netns("client"), topo.netns("pod")
+    run = topo.run
+    run(node, "ip", "link", "add", "br0", "type", "bridge")
+    run(node, "ip", "addr", "add", "10.244.0.1/24", "dev", "br0")
+    run(node, "ip", "link", "set", "br0", "up")
+    run(node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    tag = topo.tag
+    sh("ip", "link", "add", f"vh{tag}", "type", "veth", "peer", "name", f"vp{tag}")
+    sh("ip", "link", "set", f"vh{tag}", "netns", node)
+    sh("ip", "link", "set", f"vp{tag}", "netns", pod)
+    run(node, "ip", "link", "set", f"vh{tag}", "master", "br0", "up")
+    run(pod, "ip", "addr", "add", f"{POD_IP}/24", "dev", f"vp{tag}")
+    run(pod, "ip", "link", "set", f"vp{tag}", "up")
+    run(pod, "ip", "route", "add", "default", "via", "10.244.0.1")
+    sh("ip", "link", "add", f"vn{tag}", "type", "veth", "peer", "name", f"vc{tag}")
+    sh("ip", "link", "set", f"vn{tag}", "netns", node)
+    sh("ip", "link", "set", f"vc{tag}", "netns", client)
+    run(node, "ip", "addr", "add", f"{NODE_IP}/24", "dev", f"vn{tag}")
+    run(node, "ip", "link", "set", f"vn{tag}", "up")
+    run(client, "ip", "addr", "add", f"{CLIENT_IP}/24", "dev", f"vc{tag}")
+    run(client, "ip", "link", "set", f"vc{tag}", "up")
+    run(client, "ip", "route", "add", "default", "via", NODE_IP)
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", pod, "iperf3", "-s", "-p", str(POD_PORT)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    topo.processes.append(server)
+    wait_listening(topo, pod, POD_PORT)
+    return Path3(topo, node, client, pod)
+
+
+def wait_listening(topo: Topology, netns: str, port: int, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if f":{port} " in topo.run(netns, "ss", "-Htln").stdout:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} in {netns} after {seconds} s")
+
+
+def iperf(path: Path3, host: str, port: int, seconds: int) -> float:
+    """Gbit/s the pod received from one TCP stream of ``seconds``."""
+    result = path.topo.run(
+        path.client,
+        "iperf3", "-c", host, "-p", str(port), "-t", str(seconds), "-J", "--connect-timeout", "3000",
+        check=False,
+        timeout=seconds + 20,
+    )  # fmt: skip
+    try:
+        data = json.loads(result.stdout)
+        return float(data["end"]["sum_received"]["bits_per_second"]) / 1e9
+    except (ValueError, KeyError, TypeError):
+        raise RuntimeError(
+            f"iperf3 to {host}:{port} failed: {result.stdout[-300:]} {result.stderr}"
+        ) from None
+
+
+@contextmanager
+def background(path: Path3, argv: list[str], port: int) -> Iterator[None]:
+    proc = subprocess.Popen(["ip", "netns", "exec", path.node, *argv], stdout=subprocess.DEVNULL)
+    try:
+        wait_listening(path.topo, path.node, port)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def bench_throughput(report: Report, rounds: int, seconds: int) -> None:
+    topo = Topology()
+    results: dict[str, list[float]] = {k: [] for k in ("direct", "kernel", "l4proxy", "haproxy")}
+    try:
+        path = build_path(topo)
+        svc = L4Service(
+            name="bench/iperf",
+            type="NodePort",
+            cluster_ips=("10.96.0.10",),
+            ports=(
+                L4Port(name="iperf", protocol="TCP", port=5201, cluster="iperf", node_port=KERNEL_NODEPORT),
+            ),
+        )
+        routing = RoutingTable(services=(svc,))
+        endpoints = EndpointTable(clusters={"iperf": (Endpoint(ip=POD_IP, port=POD_PORT),)})
+        # only the node's address, so the userspace listeners on other ports are never DNATed
+        ruleset = render_nftables(routing, endpoints, NftOptions(table=TABLE, node_addresses=(NODE_IP,)))
+        driver = NftDriver(TABLE, "inet", netns=path.node)
+        python = str(Path(sys.executable))
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = Path(tmp) / "haproxy.cfg"
+            cfg.write_text(
+                HAPROXY_CFG.format(node_ip=NODE_IP, port=HAPROXY_PORT, pod_ip=POD_IP, pod_port=POD_PORT)
+            )
+            haproxy = shutil.which("haproxy") or "haproxy"
+            runner = [python, "-c", PROXY_RUNNER, NODE_IP, str(PROXY_NODEPORT), POD_IP, str(POD_PORT)]
+            for _ in range(rounds):
+                results["direct"].append(iperf(path, POD_IP, POD_PORT, seconds))
+                driver.apply(ruleset)
+                results["kernel"].append(iperf(path, NODE_IP, KERNEL_NODEPORT, seconds))
+                driver.remove()
+                with background(path, runner, PROXY_NODEPORT):
+                    results["l4proxy"].append(iperf(path, NODE_IP, PROXY_NODEPORT, seconds))
+                with background(path, [haproxy, "-db", "-f", str(cfg)], HAPROXY_PORT):
+                    results["haproxy"].append(iperf(path, NODE_IP, HAPROXY_PORT, seconds))
+    finally:
+        topo.teardown()
+
+    med = {k: statistics.median(v) for k, v in results.items()}
+
+    def spread(key: str) -> str:
+        return "/".join(f"{v:.1f}" for v in results[key])
+
+    kernel_ratio, proxy_ratio = med["kernel"] / med["direct"], med["l4proxy"] / med["haproxy"]
+    report.add(
+        "TCP client -> nodePort -> pod, kernel rules (Gbit/s)",
+        f"{med['kernel']:.2f} ({spread('kernel')})",
+        f"routed, no NAT {med['direct']:.2f} ({spread('direct')}) = {kernel_ratio:.2f}x",
+        ">= 0.95x",
+        kernel_ratio >= 0.95,
+    )
+    report.add(
+        "TCP client -> nodePort -> pod, userspace L4Proxy (Gbit/s)",
+        f"{med['l4proxy']:.2f} ({spread('l4proxy')})",
+        f"haproxy tcp {med['haproxy']:.2f} ({spread('haproxy')}) = {proxy_ratio:.2f}x",
+        ">= 0.8x",
+        proxy_ratio >= 0.8,
+    )
+
+
+def missing_requirements() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    missing = [b for b in BINARIES if shutil.which(b) is None]
+    if missing:
+        return f"needs {', '.join(missing)} (Debian packages iproute2, nftables, iperf3, haproxy)"
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--services", type=int, default=10_000)
+    parser.add_argument("--vmap-services", type=int, default=1_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="500 Services (vmap 100), 1 round of 1 s")
+    args = parser.parse_args()
+    if args.quick:
+        args.services, args.vmap_services, args.rounds, args.seconds = 500, 100, 1, 1
+    reason = missing_requirements()
+    if reason:
+        print(f"bench/services.py skipped: {reason}")
+        return
+    started = time.monotonic()
+    report = Report()
+    print("scale", flush=True)
+    for dispatch in ("inline", "rules"):
+        bench_scale(report, args.services, dispatch, target=True)
+    bench_scale(report, args.vmap_services, "vmap", target=False)
+    print("throughput", flush=True)
+    bench_throughput(report, args.rounds, args.seconds)
+    print()
+    print(report.table())
+    elapsed = time.monotonic() - started
+    print(f"\n(total {elapsed:.0f} s; throughput: median of {args.rounds} x {args.seconds} s)")
+
+
+if __name__ == "__main__":
+    main()
