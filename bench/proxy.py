@@ -8,8 +8,10 @@ The proxy is the bottleneck in the proxied runs; "direct" shows what the backend
 
 Targets (issue "The embedded gateway"): kubegate >= 0.6x nginx req/s, p99 <= 2x nginx's.
 
-Run: .venv/bin/python bench/proxy.py [--rounds 3] [--seconds 10] [--connections 50] [--quick]
-Needs the Debian packages nginx (or nginx-light) and wrk.
+Run: .venv/bin/python bench/proxy.py [--rounds 3] [--seconds 10] [--connections 50] [--quick] [--profile]
+Needs the Debian packages nginx (or nginx-light) and wrk; --profile also needs py-spy (pip install py-spy):
+it samples kubegate during one more wrk run and prints where its time goes (own time per line, and time
+including callees per function).
 """
 
 from __future__ import annotations
@@ -225,6 +227,63 @@ def run_wrk(port: int, seconds: int, connections: int, cpu: int) -> Result:
     )
 
 
+def py_spy() -> str | None:
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def profile(spy: str, workdir: Path, backend_port: int, args: argparse.Namespace) -> None:
+    """Sample kubegate while wrk loads it; print the frames that take the most samples."""
+    port = free_port()
+    raw = workdir / "profile.txt"
+    with kubegate(workdir, backend_port, port, cpu=1) as proc:
+        assert isinstance(proc, subprocess.Popen)
+        run_wrk(port, 1, args.connections, cpu=0)  # warm-up
+        wrk = subprocess.Popen(
+            pinned(
+                0,
+                [
+                    *("wrk", "-t1", f"-c{args.connections}", f"-d{args.seconds + 2}s"),
+                    *("-H", f"Host: {HOST}", f"http://127.0.0.1:{port}/"),
+                ],
+            ),
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(1)
+            record = [spy, "record", "-p", str(proc.pid), "-d", str(args.seconds), "-r", "250"]
+            record += ["-f", "raw", "-o", str(raw)]
+            subprocess.run(record, capture_output=True, timeout=args.seconds + 30, check=True)
+        finally:
+            wrk.wait(timeout=args.seconds + 30)
+    print_profile(raw.read_text())
+
+
+def print_profile(raw: str, top: int = 25) -> None:
+    # py-spy's raw format: "frame;frame;...;leaf count" per distinct stack, root first
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        samples = int(count)
+        total += samples
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + samples
+        # a function counted once per stack, whichever of its lines are on it
+        for function in {re.sub(r":\d+\)$", ")", f) for f in frames}:
+            inclusive[function] = inclusive.get(function, 0) + samples
+    if not total:
+        print("\nprofile: no samples")
+        return
+    for title, table in (("own time per line", own), ("time including callees", inclusive)):
+        print(f"\nkubegate profile, {title} ({total} samples):")
+        for frame, samples in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
+            print(f"{100 * samples / total:6.1f}%  {frame or '(native)'}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -233,6 +292,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s: a smoke test")
+    parser.add_argument(
+        "--profile", action="store_true", help="after the rounds, sample kubegate under load with py-spy"
+    )
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.seconds = 1, 2
@@ -242,6 +304,10 @@ def main() -> int:
                 f"bench/proxy.py: {tool} is not installed (apt-get install wrk nginx-light)", file=sys.stderr
             )
             return 2
+    spy = py_spy()
+    if args.profile and spy is None:
+        print("bench/proxy.py: --profile needs py-spy (pip install py-spy)", file=sys.stderr)
+        return 2
     if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
         print("bench/proxy.py: nginx is not installed (apt-get install nginx-light)", file=sys.stderr)
         return 2
@@ -262,6 +328,8 @@ def main() -> int:
                     run_wrk(port, 1, args.connections, cpu=0)  # warm-up
                     results["kubegate"].append(run_wrk(port, args.seconds, args.connections, cpu=0))
                 print(f"round {round_no}/{args.rounds} done", file=sys.stderr)
+            if args.profile and spy is not None:
+                profile(spy, workdir, backend_port, args)
     print_table(results, args)
     return 0
 
