@@ -16,6 +16,23 @@ haproxy); without them it says what is missing and exits 0 having measured nothi
 3. Userspace path: the same through ``kubegate.planes.proxy.l4.L4Proxy`` (uvloop, in the node namespace)
    against haproxy ``mode tcp`` on the same path.
 
+Measured 2026-12-02 on the shared 2-core dev machine (root, nft 1.0.6, kernel 6.18; other engineers' work
+running, so +-30%; whole run 240 s):
+
+    10,000 Services x 10 endpoints   inline     rules      (target: render + apply < 2 s)
+    render                           0.8-1.6 s  0.7-0.9 s  (152k / 652k lines)
+    validate (nft -c)                5.0-5.2 s  9.0-12 s
+    load without -c (nft -f)         3.8 s      8.1-10 s
+    drift baseline (nft list table)  8-13 s     45-47 s    (NftDriver.apply lists the table after loading)
+    render + apply                   18.6 s     65 s       missed
+    one endpoint change, full        15.9 s     59 s       (target < 100 ms) missed
+    one endpoint change, incremental 0.14 s     1.65 s     (one nft -f of flush chain/add rule/elements)
+    vmap at 1,000 Services: render + apply 2.8 s, full change 10.8 s, incremental 77 ms.
+
+    iperf3 TCP, Gbit/s (median of 3 x 5 s)  kubegate  baseline                 target
+    client -> nodePort -> pod, kernel       11.4      routed no NAT 12.4 0.92x >= 0.95x (rounds 0.85-0.96x)
+    client -> nodePort -> pod, L4Proxy      10.0      haproxy tcp 5.7  1.76x   >= 0.8x
+
 Run: .venv/bin/python bench/services.py [--services 10000] [--rounds 3] [--seconds 5] [--quick]
 """
 
