@@ -268,17 +268,21 @@ def parse_listen(text: str, flag: str) -> tuple[str, int]:
 
 
 def loopback_backends(translation: Translation) -> list[tuple[str, str, int]]:
-    """(service, ip, port) for every loopback endpoint: what `kubegate demo` starts echo backends for."""
-    seen: dict[tuple[str, int], str] = {}
+    """(name, ip, port) for every loopback endpoint: what `kubegate demo` starts echo backends for. An
+    endpoint shared by several Services is named after all of them."""
+    services: dict[tuple[str, int], list[str]] = {}
     for cluster, endpoints in sorted(translation.endpoints.clusters.items()):
         service = cluster.split(":", 1)[0]
         for endpoint in endpoints:
             if endpoint.ip.startswith("127.") or endpoint.ip == "::1":
-                seen.setdefault((endpoint.ip, endpoint.port), service)
-    return [(service, ip, port) for (ip, port), service in sorted(seen.items())]
+                names = services.setdefault((endpoint.ip, endpoint.port), [])
+                if service not in names:
+                    names.append(service)
+    return [(",".join(names), ip, port) for (ip, port), names in sorted(services.items())]
 
 
 def demo_commands(translation: Translation, address: tuple[str, int]) -> list[str]:
+    """curl commands for each HTTP route, LoadBalancer IP and nodePort the demo serves."""
     host, port = address
     target = "127.0.0.1" if host in ("0.0.0.0", "") else host
     commands = []
@@ -289,6 +293,16 @@ def demo_commands(translation: Translation, address: tuple[str, int]) -> list[st
             name = vhost.host.replace("*", "demo") if vhost.host else ""
             header = f"-H 'Host: {name}' " if name else ""
             commands.append(f"curl {header}http://{target}:{port}{route.path}")
+    for service in translation.routing.services:
+        for l4 in service.ports:
+            if l4.protocol != "TCP":
+                continue
+            commands.extend(
+                f"curl http://{ip}:{l4.port}/   # {service.name} LoadBalancer"
+                for ip in service.load_balancer_ips
+            )
+            if l4.node_port is not None:
+                commands.append(f"curl http://127.0.0.1:{l4.node_port}/   # {service.name} nodePort")
     return commands
 
 
