@@ -1,0 +1,133 @@
+"""The long-running commands (serve, demo, proxy, loadbalancer, echo): from parsed arguments to a running
+process. Kept apart from cli.py so the one-shot commands never import the data planes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import sys
+
+from kubegate import app
+from kubegate.agent import AgentConfig, NftablesAgent
+from kubegate.echo import serve_echo
+from kubegate.ir.model import EndpointTable, RoutingTable
+from kubegate.loadbalancer import HAProxyLoadBalancer, LoadBalancerConfig
+from kubegate.planes.proxy.http import ProxySettings
+from kubegate.planes.render import (
+    HAProxyOptions,
+    HAProxyOptionsError,
+    NftOptions,
+    RenderOptionsError,
+    render_haproxy,
+    render_nftables,
+)
+from kubegate.settings import SettingsError, options_from_args
+from kubegate.state import StateError
+
+EXIT_USAGE = 2
+
+
+def run_long_running(args: argparse.Namespace) -> int:
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    if args.long_running == "proxy":
+        return _run_agent(args)
+    if args.long_running == "loadbalancer":
+        return _run_loadbalancer(args)
+    try:
+        listen = app.parse_listen(args.listen, "--listen")
+        if args.long_running == "echo":
+            print(f"kubegate echo {args.name!r} on {listen[0]}:{listen[1]}", file=sys.stderr)
+
+            async def echo_forever() -> int:
+                await serve_echo(args.name, *listen)
+                return 0
+
+            return app.run_event_loop(echo_forever())
+        config = app.ServeConfig(
+            paths=tuple(args.paths or ["examples"]),
+            options=options_from_args(args),
+            listen=listen,
+            tls_listen=None
+            if args.tls_listen == "off"
+            else app.parse_listen(args.tls_listen, "--tls-listen"),
+            admin_listen=app.parse_listen(args.admin_listen, "--admin-listen"),
+            node_address=None if args.node_address == "off" else args.node_address,
+            state_file=args.state,
+            access_log=None if args.access_log == "off" else args.access_log,
+            proxy=ProxySettings(trusted_proxies=tuple(args.trusted_proxy)),
+            drain_seconds=args.drain_timeout,
+        )
+    except (ValueError, SettingsError) as error:
+        print(f"kubegate: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.long_running == "demo":
+            return app.run_event_loop(app.run_demo(config))
+        workers = args.workers if args.workers is not None else app.default_workers()
+        return app.serve(config, workers)
+    except StateError as error:
+        print(f"kubegate: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _run_agent(args: argparse.Namespace) -> int:
+
+    try:
+        nft = NftOptions(
+            table=args.table,
+            node_name=args.node_name,
+            node_addresses=tuple(args.node_address),
+            service_cidr=args.service_cidr,
+            dispatch=args.dispatch,
+        )
+        # options are checked when rendering: check them now, on an empty table, not on the first change
+        render_nftables(RoutingTable(), EndpointTable(), nft)
+        options = options_from_args(args)
+    except (RenderOptionsError, SettingsError) as error:
+        print(f"kubegate: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    config = AgentConfig(
+        paths=tuple(args.paths),
+        options=options,
+        nft=nft,
+        state_file=args.state,
+        keep_rules_on_exit=args.keep_rules_on_exit,
+    )
+    return app.run_event_loop(NftablesAgent(config).run())
+
+
+def _haproxy_maxconn(ceiling: int = 20000) -> int:
+    """HAProxy needs about two descriptors per connection: stay within this process's hard limit, or it
+    refuses to start ("Cannot raise FD limit")."""
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return ceiling if hard == resource.RLIM_INFINITY else max(100, min(ceiling, (hard - 100) // 2))
+
+
+def _run_loadbalancer(args: argparse.Namespace) -> int:
+
+    nodes = []
+    for text in args.node_address:
+        name, sep, address = text.rpartition("=")
+        nodes.append((name if sep else address, address))
+    try:
+        haproxy = HAProxyOptions(
+            runtime_socket=args.runtime_socket, node_addresses=tuple(nodes), maxconn=_haproxy_maxconn()
+        )
+        render_haproxy(RoutingTable(), haproxy)  # checks the options now, not on the first change
+        options = options_from_args(args)
+    except (HAProxyOptionsError, SettingsError) as error:
+        print(f"kubegate: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    config = LoadBalancerConfig(
+        paths=tuple(args.paths),
+        options=options,
+        haproxy=haproxy,
+        config_path=args.config,
+        state_file=args.state,
+    )
+    return app.run_event_loop(HAProxyLoadBalancer(config).run())
