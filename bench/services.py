@@ -60,6 +60,7 @@ from tests.netns.topology import Topology, sh
 from kubegate.ir.model import Endpoint, EndpointTable, L4Port, L4Service, RoutingTable
 from kubegate.planes.render import NftOptions, render_nftables
 from kubegate.planes.render.driver import NftDriver
+from kubegate.planes.render.nftdiff import incremental
 
 TABLE = "kgbench"
 NODE_IP, CLIENT_IP = "192.168.77.1", "192.168.77.2"
@@ -144,45 +145,8 @@ def one_endpoint_changed(endpoints: EndpointTable) -> EndpointTable:
 
 # -- incremental update: what a diffing driver would send ----------------------------------------------
 
-_CHAIN = re.compile(r"^\tchain (\S+) \{\n(.*?)\n\t\}$", re.M | re.S)
-_SET = re.compile(r"^\tset (\S+) \{\n(.*?)\n\t\}$", re.M | re.S)
-_MAP = re.compile(r"^\tmap (\S+) \{\n(.*?)\n\t\}$", re.M | re.S)
-_ELEMENTS = re.compile(r"elements = \{(.*?)\}", re.S)
-
-
-def _elements(body: str) -> set[str]:
-    found = _ELEMENTS.search(body)
-    return {e.strip() for e in found.group(1).split(",") if e.strip()} if found else set()
-
-
-def incremental_script(old: str, new: str, family: str, table: str) -> str | None:
-    """One nft transaction turning ruleset ``old`` into ``new`` by chains and set elements, or None when
-    maps differ (not needed for an endpoint change, so not handled)."""
-    if dict(_MAP.findall(old)) != dict(_MAP.findall(new)):
-        return None
-    where = f"{family} {table}"
-    lines: list[str] = []
-    old_sets, new_sets = dict(_SET.findall(old)), dict(_SET.findall(new))
-    for name in sorted(old_sets.keys() & new_sets.keys()):
-        before, after = _elements(old_sets[name]), _elements(new_sets[name])
-        if gone := sorted(before - after):
-            lines.append(f"delete element {where} {name} {{ {', '.join(gone)} }}")
-        if added := sorted(after - before):
-            lines.append(f"add element {where} {name} {{ {', '.join(added)} }}")
-    old_chains, new_chains = dict(_CHAIN.findall(old)), dict(_CHAIN.findall(new))
-    for name in sorted(new_chains.keys() - old_chains.keys()):
-        lines.append(f"add chain {where} {name}")
-    for name, body in sorted(new_chains.items()):
-        if old_chains.get(name) == body:
-            continue
-        if name in old_chains:
-            lines.append(f"flush chain {where} {name}")
-        lines += [f"add rule {where} {name} {rule.strip()}" for rule in body.splitlines() if rule.strip()]
-    lines += [f"delete chain {where} {name}" for name in sorted(old_chains.keys() - new_chains.keys())]
-    return "\n".join(lines) + "\n"
-
-
-# -- timing --------------------------------------------------------------------------------------------
+# the product's diff (planes/render/nftdiff.py): what NftDriver applies after the first load
+incremental_script = incremental
 
 
 class TimedNftDriver(NftDriver):

@@ -37,13 +37,15 @@ def test_incremental_script_rewrites_only_what_one_endpoint_change_touches(dispa
     assert "svc00001" not in script and "svc00019" not in script
 
 
-def test_incremental_script_declines_when_maps_change() -> None:
+def test_incremental_script_handles_a_removed_service_by_map_element_deltas() -> None:
     routing, endpoints = scale_ir(3, 2)
     smaller, _ = scale_ir(2, 2)
     options = NftOptions(table="t", dispatch="inline")
     old = render_nftables(routing, endpoints, options)
     new = render_nftables(smaller, endpoints, options)
-    assert incremental_script(old, new, "inet", "t") is None
+    script = incremental_script(old, new, "inet", "t")
+    assert script is not None
+    assert "delete element inet t service-ips" in script
 
 
 @pytest.mark.root
