@@ -97,7 +97,7 @@ def _cmd_check(outcome: Outcome, args: argparse.Namespace) -> int:
 
 def _cmd_get(outcome: Outcome, args: argparse.Namespace) -> int:
     code = _report_problems(outcome)
-    snapshot = outcome.load.snapshot()
+    snapshot = outcome.snapshot
 
     all_namespaces: bool = args.all_namespaces
     namespace: str = args.namespace

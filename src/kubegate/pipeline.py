@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from kubegate.objects.meta import ObjectKey, Origin
+from kubegate.objects.snapshot import Snapshot
 from kubegate.sources.files import LoadResult, Problem, line_of, load_paths
 from kubegate.state import load_allocations, save_allocations
 from kubegate.store import object_key
@@ -21,6 +22,8 @@ from kubegate.translate.context import Allocations, Diagnostic, Options, Transla
 @dataclass(frozen=True, slots=True)
 class Outcome:
     load: LoadResult
+    # the snapshot that was translated (built once, here, for the commands that list objects)
+    snapshot: Snapshot
     translation: Translation
 
     def problems(self) -> list[Problem]:
@@ -55,7 +58,8 @@ def load_and_translate(
     """Load PATHs, translate, and when a state file is given, start from and save its allocations."""
     previous = load_allocations(state_file) if state_file is not None else Allocations()
     loaded = load_paths(paths, stdin)
-    translation = translate(loaded.snapshot(), options, previous)
+    snapshot = loaded.snapshot()
+    translation = translate(snapshot, options, previous)
     if state_file is not None and translation.allocations != previous:
         save_allocations(state_file, translation.allocations)
-    return Outcome(loaded, translation)
+    return Outcome(loaded, snapshot, translation)

@@ -31,6 +31,9 @@ class AccessLogWriter:
         self._timer: asyncio.TimerHandle | None = None
         self._encoder = msgspec.json.Encoder()
         self.dropped = 0
+        # the timestamp text changes once a second: format it once a second, not once a request
+        self._stamp_second = -1
+        self._stamp = ""
 
     def __call__(self, record: AccessRecord) -> None:
         line = self._json(record) if self.format == "json" else self._text(record)
@@ -64,9 +67,13 @@ class AccessLogWriter:
             self.dropped += data.count(b"\n")
 
     def _text(self, record: AccessRecord) -> bytes:
-        stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime())
+        now = int(time.time())
+        if now != self._stamp_second:
+            self._stamp_second = now
+            self._stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(now))
         return (
-            f'{record.client} - - [{stamp}] "{record.method} {record.path}" {record.status} {record.bytes} '
+            f'{record.client} - - [{self._stamp}] "{record.method} {record.path}" '
+            f"{record.status} {record.bytes} "
             f'host="{record.host}" upstream="{record.upstream or "-"}" '
             f"duration={record.duration * 1000:.2f}ms\n"
         ).encode("utf-8", "replace")
