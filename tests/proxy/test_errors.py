@@ -374,3 +374,25 @@ async def test_connect_timeout_504() -> None:
         for s in fillers:
             s.close()
         listener.close()
+
+
+async def test_stalled_request_body_gets_408_after_the_client_body_timeout() -> None:
+    settings = ProxySettings(client_body_timeout=0.3)
+    async with echo_backends("a") as ports, proxy(ROUTES, {"a": [ports["a"]]}, settings) as (server, port):
+        c = await Client.connect(port)
+        c.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly part")
+        started = asyncio.get_running_loop().time()
+        response = await c.response(timeout=5)
+        assert response.status == 408
+        assert asyncio.get_running_loop().time() - started < 3
+        assert await c.closed(timeout=3)
+        # a body that keeps arriving, each piece within the timeout, is not cut off
+        c = await Client.connect(port)
+        c.send(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\n")
+        for piece in (b"ab", b"cd", b"ef"):
+            await asyncio.sleep(0.2)
+            c.send(piece)
+        response = await c.response(timeout=5)
+        assert response.status == 200 and response.json()["body_size"] == 6
+        await c.close()
+        assert server.stats.status_counts.get(408) == 1

@@ -4,6 +4,7 @@ ssl-redirect / force-ssl-redirect / app-root answers of the plain-HTTP listener.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -431,3 +432,69 @@ async def test_without_a_tls_listener_only_force_ssl_redirect_redirects() -> Non
         finally:
             await server.close(drain_timeout=1.0)
         assert server.tls is None and not server.errors
+
+
+async def https_get(port: int, sni: str, host: str) -> bytes:
+    """One request over TLS; the whole response (the proxy closes after it)."""
+    async with asyncio.timeout(5):
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=unverified(), server_hostname=sni
+        )
+        writer.write(get("/", host=host, extra="Connection: close\r\n"))
+        data = await reader.read()
+    writer.close()
+    with suppress(OSError):
+        await writer.wait_closed()
+    return data
+
+
+async def test_hsts_on_https_responses_for_hosts_with_their_own_certificate() -> None:
+    table = tls_table(
+        certificate("default/a", CERT_A, ("a.example.com",)), extra=(vhost("plain.example.com", None),)
+    )
+    async with echo_backends("app") as ports:
+        server = ProxyServer(table, endpoints(ports["app"]))
+        _, plain = await server.start("127.0.0.1", 0)
+        _, secure = await server.start_tls("127.0.0.1", 0)
+        try:
+            with_cert = await https_get(secure, "a.example.com", "a.example.com")
+            assert b"\r\nStrict-Transport-Security: max-age=31536000; includeSubDomains\r\n" in with_cert
+            # served with the generated default certificate: no policy pinned on the browser
+            default_cert = await https_get(secure, "plain.example.com", "plain.example.com")
+            assert b" 200 " in default_cert and b"Strict-Transport-Security" not in default_cert
+            # never over plain HTTP (RFC 6797 7.2)
+            c = await Client.connect(plain)
+            c.send(get("/", host="plain.example.com"))
+            assert (await c.response()).header("Strict-Transport-Security") is None
+            await c.close()
+        finally:
+            await server.close(drain_timeout=1.0)
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+async def test_failed_handshakes_are_counted() -> None:
+    async with tls_proxy(TABLE) as (server, _, port):
+        assert server.stats.tls_handshake_failures == 0
+        # not TLS at all
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: a.example.com\r\n\r\n")
+        with suppress(OSError):
+            async with asyncio.timeout(5):
+                await reader.read()
+        writer.close()
+        # a client that offers only TLS 1.1
+        old = unverified()
+        old.minimum_version = ssl.TLSVersion.TLSv1
+        old.maximum_version = ssl.TLSVersion.TLSv1_1
+        with suppress(ssl.SSLError, OSError):
+            async with asyncio.timeout(5):
+                await asyncio.open_connection("127.0.0.1", port, ssl=old, server_hostname="a.example.com")
+        # a good handshake is not counted
+        await peer_certificate(port, "a.example.com")
+        async with asyncio.timeout(5):
+            while server.stats.tls_handshake_failures < 2:
+                gc.collect()
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
+        gc.collect()
+        assert server.stats.tls_handshake_failures == 2

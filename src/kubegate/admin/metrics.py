@@ -40,6 +40,11 @@ class _KubegateCollector(Collector):
         yield GaugeMetricFamily(
             "kubegate_http_connections", "Open client connections", len(proxy.connections)
         )
+        yield CounterMetricFamily(
+            "kubegate_tls_handshake_failures",
+            "TLS connections whose handshake failed or was abandoned",
+            value=stats.tls_handshake_failures,
+        )
 
 
 def metrics_handler(reconciler: Reconciler, proxy: Callable[[], ProxyServer | None]) -> Callable[[], bytes]:

@@ -15,13 +15,16 @@ import httptools
 
 Address = tuple[str, int]
 
+# trailer fields kept from one response; more are dropped (a bound on what an upstream can make us hold)
+MAX_TRAILERS = 100
+
 
 class ResponseSink(Protocol):
     def upstream_headers(
         self, status: int, headers: list[tuple[bytes, bytes]], until_close: bool
     ) -> None: ...
     def upstream_body(self, data: bytes) -> None: ...
-    def upstream_complete(self, keep_alive: bool) -> None: ...
+    def upstream_complete(self, keep_alive: bool, trailers: list[tuple[bytes, bytes]] | None) -> None: ...
     def upstream_upgraded(self, rest: bytes) -> None: ...
     def upstream_tunnel_data(self, data: bytes) -> None: ...
     def upstream_failed(self, reason: str, timeout: bool) -> None: ...
@@ -46,6 +49,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_reading_paused",
         "_skip_interim",
         "_status",
+        "_trailers",
         "_tunnel",
         "_until_close",
         "address",
@@ -67,6 +71,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._parser_reusable = True
         self._headers: list[tuple[bytes, bytes]] = []
+        # trailer fields of a chunked response, relayed after its last chunk
+        self._trailers: list[tuple[bytes, bytes]] | None = None
         self._status = 0
         self._head = False
         self._complete = False
@@ -102,6 +108,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head = head_request
         self._complete = False
         self._headers = []
+        self._trailers = None
         self._status = 0
         self._until_close = False
         self._read_timeout = read_timeout
@@ -230,12 +237,12 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self._tunnel:
             self.detach()
-            sink.upstream_complete(False)
+            sink.upstream_complete(False, None)
             return
         if self._until_close and self._status and not self._complete:
             self._complete = True
             self.detach()
-            sink.upstream_complete(False)
+            sink.upstream_complete(False, None)
             return
         if not self._complete and not was_closed:
             self.detach()
@@ -265,6 +272,10 @@ class UpstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._status == 0:
             self._headers.append((name, value))
+        elif self._trailers is None:
+            self._trailers = [(name, value)]
+        elif len(self._trailers) < MAX_TRAILERS:
+            self._trailers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -309,7 +320,7 @@ class UpstreamConnection(asyncio.Protocol):
         sink = self.sink
         self.detach()
         if sink is not None:
-            sink.upstream_complete(keep_alive and not self._until_close)
+            sink.upstream_complete(keep_alive and not self._until_close, self._trailers)
 
 
 async def connect(address: Address, timeout: float, write_buffer_high: int) -> UpstreamConnection:

@@ -19,6 +19,9 @@ class ProxySettings:
     upstream_read_timeout: float = 60.0
     # from the first byte of a request to the end of its headers (slowloris)
     header_timeout: float = 10.0
+    # between two reads of a request body (nginx client_body_timeout): 408 when the client stalls;
+    # time spent paused by back-pressure from the upstream does not count
+    client_body_timeout: float = 60.0
     # an idle client keep-alive connection is closed after this
     keepalive_timeout: float = 75.0
     max_header_bytes: int = 16 * 1024
@@ -39,12 +42,63 @@ class ProxySettings:
     retries: int = 2
     ejection_base: float = 1.0
     ejection_max: float = 30.0
+    # Strict-Transport-Security sent on HTTPS responses for hosts with their own certificate, as
+    # ingress-nginx does by default (hsts, hsts-max-age, hsts-include-subdomains); "" turns it off
+    hsts: str = "max-age=31536000; includeSubDomains"
 
 
 # RFC 9110 7.6.1 plus the legacy ones; Connection-named headers are removed as well
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )
+# RFC 9110 6.5.1: fields a sender must not put in trailers (framing, routing, controls, authentication,
+# response control, content processing). A trailer with one of these names is dropped, not forwarded.
+FORBIDDEN_TRAILERS = HOP_BY_HOP | frozenset(
+    {
+        b"content-length",
+        b"host",
+        b"cache-control",
+        b"expect",
+        b"max-forwards",
+        b"pragma",
+        b"range",
+        b"if-match",
+        b"if-none-match",
+        b"if-modified-since",
+        b"if-unmodified-since",
+        b"if-range",
+        b"authorization",
+        b"proxy-authorization",
+        b"www-authenticate",
+        b"proxy-authenticate",
+        b"set-cookie",
+        b"cookie",
+        b"age",
+        b"date",
+        b"expires",
+        b"location",
+        b"retry-after",
+        b"vary",
+        b"warning",
+        b"content-encoding",
+        b"content-type",
+        b"content-range",
+    }
+)
+
+
+def last_chunk(trailers: list[tuple[bytes, bytes]] | None) -> bytes:
+    """The end of a chunked body, with the trailer fields that may be forwarded."""
+    if not trailers:
+        return b"0\r\n\r\n"
+    lines = [b"0\r\n"]
+    for name, value in trailers:
+        if name.lower() not in FORBIDDEN_TRAILERS:
+            lines += (name, b": ", value, b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
 # set by us from what we know about the client (or taken from a trusted proxy)
 FORWARDING = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port", b"x-real-ip"}

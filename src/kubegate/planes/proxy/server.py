@@ -30,6 +30,7 @@ from kubegate.planes.proxy.http import (
     ProxySettings,
     TrustedNetworks,
     error_response,
+    last_chunk,
     status_line,
 )
 from kubegate.planes.proxy.pool import UpstreamPool
@@ -69,6 +70,9 @@ class ProxyStats:
     connections: int = 0
     # the largest write buffer (plus bytes held for a not-yet-connected upstream) seen on any transport
     max_buffered: int = 0
+    # TLS connections accepted whose handshake never completed (bad client hello, no common
+    # protocol, handshake timeout, a client that hung up): asyncio drops them without telling the protocol
+    tls_handshake_failures: int = 0
     status_counts: dict[int, int] = field(default_factory=dict)
 
 
@@ -101,6 +105,7 @@ class _Request:
         "published",
         "started",
         "target",
+        "trailers",
         "upgrade",
         "version",
     )
@@ -124,6 +129,7 @@ class _Request:
         self.body_done = False
         self.pending: list[bytes] = []
         self.pending_size = 0
+        self.trailers: list[tuple[bytes, bytes]] | None = None
         self.started = time.monotonic()
 
 
@@ -143,6 +149,7 @@ class ClientConnection(asyncio.Protocol):
         # the TLS listener's connections: X-Forwarded-Proto https, and never redirected to https
         self.tls = tls
         self.scheme = b"https" if tls else server.scheme
+        self.hsts = self.settings.hsts.encode("latin-1") if tls else b""
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer = ""
@@ -160,6 +167,8 @@ class ClientConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.deadline: float | None = None
         self.in_headers = False
+        # reading a request body: the client-body timeout applies
+        self.in_body = False
         # the exchange in progress
         self.upstream: UpstreamConnection | None = None
         self.forwarding = False
@@ -252,6 +261,14 @@ class ClientConnection(asyncio.Protocol):
         if self.loop.time() < self.deadline:
             self.timer = self.loop.call_at(self.deadline, self._timed_out)
             return
+        if self.in_body:
+            if self.paused:
+                # not reading because the upstream or the queue is full: not the client's fault
+                self._arm(self.settings.client_body_timeout)
+                return
+            self.in_body = False
+            self._malformed("client body timeout", 408)
+            return
         if self.in_headers:
             self.transport.write(error_response(408, "request header timeout", close=True))
         self.close()
@@ -297,6 +314,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _malformed(self, message: str, status: int = 400) -> None:
         self.broken = True
+        self.in_body = False
         req = self.parsing
         if req is not None and (req is self.active or req in self.queue):
             # the request is already queued or being proxied: never let its rest reach the upstream;
@@ -332,9 +350,19 @@ class ClientConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self.parsing
         assert req is not None
-        if not self.in_headers:
-            return  # trailers of a chunked body are not forwarded
         self.header_bytes += len(name) + len(value) + 4
+        if not self.in_headers:
+            # a trailer field of a chunked body: forwarded after the last chunk, within the same limits
+            if req.trailers is None:
+                req.trailers = []
+            req.trailers.append((name, value))
+            if (
+                self.header_bytes > self.settings.max_header_bytes
+                or len(req.trailers) > self.settings.max_headers
+            ):
+                self.head_too_large = True
+                raise _HeadersTooLarge
+            return
         req.headers.append((name, value))
         if self.header_bytes > self.settings.max_header_bytes or len(req.headers) > self.settings.max_headers:
             self.head_too_large = True
@@ -357,6 +385,9 @@ class ClientConnection(asyncio.Protocol):
         if req.error is not None:
             req.keep_alive = False
             self.broken = True
+        elif req.content_length or req.chunked:
+            self.in_body = True
+            self._arm(settings.client_body_timeout)
         self._enqueue(req)
 
     def _inspect(self, req: _Request) -> None:
@@ -397,6 +428,8 @@ class ClientConnection(asyncio.Protocol):
         req = self.parsing
         assert req is not None
         req.body_received += len(body)
+        if self.in_body:
+            self._arm(self.settings.client_body_timeout)
         if req.body_limit and req.body_received > req.body_limit:
             self._malformed("request body too large", 413)
             return
@@ -417,8 +450,11 @@ class ClientConnection(asyncio.Protocol):
         assert req is not None
         req.body_done = True
         self.parsing = None
+        if self.in_body:
+            self.in_body = False
+            self._disarm()
         if req is self.active and self.forwarding and self.upstream is not None and req.chunked:
-            self.upstream.write(b"0\r\n\r\n")
+            self.upstream.write(last_chunk(req.trailers))
 
     # --- request queue ----------------------------------------------------------------------------
     def _enqueue(self, req: _Request) -> None:
@@ -644,7 +680,7 @@ class ClientConnection(asyncio.Protocol):
             conn.write(b"%x\r\n%b\r\n" % (len(body), body) if req.chunked and body else body)
             self._resume(_PAUSE_PENDING)
         if req.body_done and req.chunked:
-            conn.write(b"0\r\n\r\n")
+            conn.write(last_chunk(req.trailers))
         self.forwarding = True
 
     def _outcome(self, ok: bool, keep_alive: bool = False, reason: str = "", timeout: bool = False) -> None:
@@ -797,6 +833,8 @@ class ClientConnection(asyncio.Protocol):
         parts, has_length, tokens = _response_lines(status, headers, _NO_TOKENS)
         if tokens and not tokens <= _DROPPED_ANYWAY:
             parts, has_length, _ = _response_lines(status, headers, tokens)
+        if self.hsts and _wants_hsts(req.match, headers):
+            parts += (b"Strict-Transport-Security: ", self.hsts, b"\r\n")
         no_body = req.method == "HEAD" or status in (204, 304) or 100 <= status < 200
         self.resp_chunked = False
         if status == 101:
@@ -843,11 +881,12 @@ class ClientConnection(asyncio.Protocol):
         stats = self.server.stats
         stats.max_buffered = max(stats.max_buffered, buffered)
 
-    def upstream_complete(self, keep_alive: bool) -> None:
+    def upstream_complete(self, keep_alive: bool, trailers: list[tuple[bytes, bytes]] | None) -> None:
         self._flush_head()
         if self.resp_chunked and self.transport is not None and not self.closed:
-            self.transport.write(b"0\r\n\r\n")
-            self.resp_bytes += 5
+            end = last_chunk(trailers)
+            self.transport.write(end)
+            self.resp_bytes += len(end)
         self._outcome(True, keep_alive)
 
     def upstream_flush(self) -> None:
@@ -903,6 +942,19 @@ class ClientConnection(asyncio.Protocol):
         return None
 
 
+class TlsClientConnection(ClientConnection):
+    """A connection on a TLS listener. The loop creates the protocol when it accepts the socket and calls
+    connection_made only after the handshake; a failed handshake just drops the protocol. Dropping one
+    that never got its transport is how a failed handshake is counted."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        super().__init__(server, tls=True)
+
+    def __del__(self) -> None:
+        if self.transport is None:
+            self.server.stats.tls_handshake_failures += 1
+
+
 _LABELS: dict[Address, str] = {}
 
 
@@ -937,6 +989,14 @@ def _response_lines(
             has_length = True
         parts += (name, b": ", value, b"\r\n")
     return parts, has_length, tokens
+
+
+def _wants_hsts(match: Match | None, headers: list[tuple[bytes, bytes]]) -> bool:
+    """HSTS goes on responses for hosts served with their own certificate (not the generated default),
+    unless the upstream set its own policy."""
+    if match is None or match.vhost is None or match.vhost.tls_certificate is None:
+        return False
+    return not any(name.lower() == b"strict-transport-security" for name, _ in headers)
 
 
 def _choose_backend(choices: tuple[Backend, ...]) -> Backend:
@@ -1022,14 +1082,14 @@ class ProxyServer:
     ) -> tuple[str, int]:
         """Listen for HTTPS, certificates chosen by SNI from the routing table; returns (host, port).
 
-        A failed handshake never reaches the proxy: asyncio drops the connection and logs it at debug
-        level (with the loop in debug mode), without a traceback.
+        A failed handshake never reaches the proxy: asyncio drops the connection (logging it only with the
+        loop in debug mode); it is counted in stats.tls_handshake_failures.
         """
         if self.tls is None:
             self.tls = TlsContexts(self._routing)
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: ClientConnection(self, tls=True),
+            lambda: TlsClientConnection(self),
             host,
             port,
             reuse_port=reuse_port or None,
