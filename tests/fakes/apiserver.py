@@ -1,0 +1,691 @@
+"""A fake Kubernetes API server for tests: real HTTP, real watch streams, kube's semantics.
+
+No kube-apiserver can run here, so the Kubernetes source, leader election and status write-back are
+tested against this. It speaks the JSON REST API on 127.0.0.1 (port chosen by the OS) in a background
+thread:
+
+- resources: v1 services (+status), endpoints, pods (+status), secrets, configmaps, events, namespaces
+  (+status), nodes (+status); discovery.k8s.io/v1 endpointslices; networking.k8s.io/v1 ingresses (+status),
+  ingressclasses; coordination.k8s.io/v1 leases; events.k8s.io/v1 events. Namespaced, all-namespace and
+  cluster-scoped paths; discovery (/api, /api/v1, /apis, /apis/G, /apis/G/V), /version, /healthz.
+- one global integer resourceVersion; uid, creationTimestamp, generation (bumped when anything outside
+  metadata and status changes); status subresources; no-op writes change nothing.
+- list with labelSelector / fieldSelector (``limit`` is ignored: everything comes in one page, which kube
+  also allows); ``resourceVersionMatch=Exact`` rebuilds the state at that version from history.
+- watch: newline-delimited JSON events over chunked encoding; replay after a resourceVersion; a
+  resourceVersion older than the history kept gets HTTP 200 and an ERROR event carrying a 410 Expired Status
+  (what kube-apiserver's watch cache sends); bookmarks; timeoutSeconds; synthetic ADDED events when the
+  resourceVersion is unset or "0"; sendInitialEvents with the ``k8s.io/initial-events-end`` bookmark.
+- create (201, 409 AlreadyExists, generateName), update (409 Conflict on a stale resourceVersion),
+  patch (merge, strategic merge treated as merge (lists replaced, not merged by key), JSON patch,
+  server-side apply approximated as create-or-merge without field ownership), delete (finalizers honoured:
+  the object is marked and removed when they are cleared; deleting a Namespace deletes its contents),
+  deletecollection; 404/400/405/415/422 as Status objects.
+
+Simplifications, on purpose: no authentication; objects may be created in Namespaces that do not exist;
+no admission, no controllers (Endpoints are not derived from Services); dryRun is refused (400) rather
+than faked; list items omit apiVersion/kind exactly as the real server's JSON lists do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import queue
+import select
+import socket
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+import yaml
+
+from tests.fakes import errors, patches, resources
+from tests.fakes.cluster import Cluster, EndStream, ExpireStream, Obj, Watch, WatchEvent, too_large
+from tests.fakes.errors import ApiError
+from tests.fakes.resources import ResourceType
+from tests.fakes.selectors import parse_field_selector, parse_label_selector
+
+KUBE_VERSION = {
+    "major": "1",
+    "minor": "34",
+    "gitVersion": "v1.34.0-kubegate-fake",
+    "gitCommit": "0000000000000000000000000000000000000000",
+    "gitTreeState": "clean",
+    "buildDate": "2026-01-01T00:00:00Z",
+    "goVersion": "go1.24.0",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
+SEED_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+# How often an idle watch checks that its client is still there, so abandoned streams free their thread.
+_LIVENESS_POLL = 0.25
+
+
+class Target:
+    """A parsed resource URL: /api/v1/[namespaces/NS/]PLURAL[/NAME[/SUBRESOURCE]]."""
+
+    def __init__(
+        self, resource: ResourceType, namespace: str | None, name: str | None, subresource: str | None
+    ) -> None:
+        self.resource = resource
+        self.namespace = namespace  # None: all namespaces (collection) or cluster-scoped
+        self.name = name
+        self.subresource = subresource
+
+    @property
+    def scope_namespace(self) -> str:
+        return self.namespace if self.resource.namespaced and self.namespace is not None else ""
+
+
+def parse_target(path: str) -> Target | None:
+    parts = [urllib.parse.unquote(p) for p in path.strip("/").split("/")]
+    if len(parts) >= 2 and parts[0] == "api":
+        group, version, rest = "", parts[1], parts[2:]
+    elif len(parts) >= 3 and parts[0] == "apis":
+        group, version, rest = parts[1], parts[2], parts[3:]
+    else:
+        return None
+    namespace: str | None = None
+    if len(rest) >= 3 and rest[0] == "namespaces" and rest[2] not in ("status", "finalize"):
+        namespace, rest = rest[1], rest[2:]
+    if not rest or len(rest) > 3:
+        return None
+    resource = resources.BY_PATH.get((group, version, rest[0]))
+    if resource is None:
+        return None
+    if namespace is not None and not resource.namespaced:
+        return None
+    name = rest[1] if len(rest) > 1 else None
+    subresource = rest[2] if len(rest) > 2 else None
+    if name is not None and resource.namespaced and namespace is None:
+        return None  # a namespaced object needs its namespace in the path
+    if subresource is not None and (subresource != "status" or not resource.has_status):
+        return None
+    return Target(resource, namespace, name, subresource)
+
+
+def _strip_type(obj: Obj) -> Obj:
+    """List items carry no apiVersion/kind in kube's JSON lists."""
+    return {k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}
+
+
+def _parse_version(value: str, what: str = "resourceVersion") -> int:
+    if not value.isdigit():
+        raise errors.bad_request(f"invalid {what} {value!r}: the fake API server issues integer versions")
+    return int(value)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    owner: FakeApiServer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    # ------------------------------------------------------------------------------------ plumbing
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # tests assert on FakeApiServer.requests instead of reading a log
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.owner._track(self.connection, True)
+
+    def finish(self) -> None:
+        with contextlib.suppress(OSError):
+            super().finish()
+        self.server.owner._track(self.connection, False)
+
+    def _send_json(self, code: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body, separators=(",", ":")).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-cache, private")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _send_error(self, error: ApiError) -> None:
+        self._send_json(error.code, error.status())
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks: list[bytes] = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _json_body(self, raw: bytes) -> Any:
+        if not raw:
+            raise errors.bad_request("the request body is empty; expected a JSON object")
+        try:
+            return json.loads(raw)
+        except ValueError as error:
+            raise errors.bad_request(f"the request body is not valid JSON: {error}") from None
+
+    def _dispatch(self) -> None:
+        owner = self.server.owner
+        owner.requests.append((self.command, self.path))
+        url = urllib.parse.urlsplit(self.path)
+        query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query, keep_blank_values=True).items()}
+        raw = self._read_body() if self.command in ("POST", "PUT", "PATCH", "DELETE") else b""
+        try:
+            if query.get("dryRun"):
+                raise errors.bad_request("dryRun is not supported by the fake API server")
+            if not self._discovery(url.path):
+                target = parse_target(url.path)
+                if target is None:
+                    raise errors.page_not_found(url.path)
+                self._resource(target, query, raw)
+        except ApiError as error:
+            self._send_error(error)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception as error:  # a bug in the fake must not look like a hung server to the test
+            self._send_error(ApiError(500, "InternalError", f"fake API server error: {error!r}"))
+            raise
+
+    do_GET = _dispatch
+    do_HEAD = _dispatch
+    do_POST = _dispatch
+    do_PUT = _dispatch
+    do_PATCH = _dispatch
+    do_DELETE = _dispatch
+
+    # ----------------------------------------------------------------------------------- discovery
+
+    def _discovery(self, path: str) -> bool:
+        """Serve the discovery and health documents; False when ``path`` is not one of them."""
+        stripped = path.rstrip("/") or "/"
+        if self.command not in ("GET", "HEAD") and stripped in ("/api", "/apis", "/version"):
+            raise errors.method_not_allowed(self.command)
+        body: Any = None
+        if stripped == "/version":
+            body = KUBE_VERSION
+        elif stripped == "/api":
+            body = resources.api_versions(self.server.owner.url.removeprefix("http://"))
+        elif stripped == "/apis":
+            body = resources.api_group_list()
+        elif stripped in ("/healthz", "/readyz", "/livez"):
+            data = b"ok"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return True
+        else:
+            parts = stripped.strip("/").split("/")
+            if parts == ["api", "v1"]:
+                body = resources.api_resource_list("", "v1")
+            elif len(parts) == 2 and parts[0] == "apis":
+                body = resources.api_group(parts[1])
+                if body is None:
+                    raise errors.page_not_found(path)
+            elif len(parts) == 3 and parts[0] == "apis":
+                body = resources.api_resource_list(parts[1], parts[2])
+                if body is None:
+                    raise errors.page_not_found(path)
+            elif parts[0] == "openapi":
+                # No OpenAPI documents: kubectl then skips client-side schema work (see test_kubectl.py).
+                raise errors.page_not_found(path)
+        if body is None:
+            return False
+        if self.command not in ("GET", "HEAD"):
+            raise errors.method_not_allowed(self.command)
+        self._send_json(200, body)
+        return True
+
+    # ----------------------------------------------------------------------------------- resources
+
+    def _resource(self, target: Target, query: dict[str, str], raw: bytes) -> None:
+        cluster = self.server.owner.cluster
+        resource = target.resource
+        namespace = target.scope_namespace
+        status = target.subresource == "status"
+        method = self.command
+        if target.name is None:
+            if method in ("GET", "HEAD"):
+                if query.get("watch") in ("1", "true", "True"):
+                    self._watch(target, query)
+                else:
+                    self._list(target, query)
+            elif method == "POST":
+                if resource.namespaced and target.namespace is None:
+                    raise errors.method_not_allowed(method)
+                created = cluster.create(resource, namespace, self._json_body(raw))
+                self._send_json(201, created)
+            elif method == "DELETE":
+                self._delete_collection(target, query)
+            else:
+                raise errors.method_not_allowed(method)
+            return
+        name = target.name
+        if method in ("GET", "HEAD"):
+            self._send_json(200, cluster.get(resource, namespace, name))
+        elif method == "PUT":
+            self._send_json(
+                200, cluster.update(resource, namespace, name, self._json_body(raw), status=status)
+            )
+        elif method == "PATCH":
+            self._patch(target, query, raw)
+        elif method == "DELETE" and not status:
+            options = json.loads(raw) if raw.strip() else {}
+            preconditions = (options.get("preconditions") if isinstance(options, dict) else None) or {}
+            deleted, obj = cluster.delete(
+                resource,
+                namespace,
+                name,
+                precondition_version=preconditions.get("resourceVersion"),
+                precondition_uid=preconditions.get("uid"),
+            )
+            self._send_json(200 if deleted else 202, obj)
+        else:
+            raise errors.method_not_allowed(method)
+
+    def _selectors(self, target: Target, query: dict[str, str]) -> Watch:
+        return Watch(
+            target.resource,
+            target.namespace if target.resource.namespaced else None,
+            parse_label_selector(query.get("labelSelector", "")),
+            parse_field_selector(query.get("fieldSelector", ""), target.resource.kind),
+        )
+
+    def _list(self, target: Target, query: dict[str, str]) -> None:
+        probe = self._selectors(target, query)
+        version = query.get("resourceVersion", "")
+        match = query.get("resourceVersionMatch", "")
+        at: int | None = None
+        if match == "Exact":
+            if version in ("", "0"):
+                raise errors.bad_request("resourceVersionMatch=Exact needs a resourceVersion other than 0")
+            at = _parse_version(version)
+        elif match not in ("", "NotOlderThan"):
+            raise errors.bad_request(f"unsupported resourceVersionMatch {match!r}")
+        elif version not in ("", "0"):
+            wanted = _parse_version(version)
+            if wanted > self.server.owner.cluster.resource_version:
+                raise too_large(wanted, self.server.owner.cluster.resource_version)
+        list_version, items = self.server.owner.cluster.list_objects(
+            target.resource, probe.namespace, probe.labels, probe.fields, at
+        )
+        self._send_json(
+            200,
+            {
+                "kind": target.resource.list_kind,
+                "apiVersion": target.resource.api_version,
+                "metadata": {"resourceVersion": str(list_version)},
+                "items": [_strip_type(item) for item in items],
+            },
+        )
+
+    def _delete_collection(self, target: Target, query: dict[str, str]) -> None:
+        cluster = self.server.owner.cluster
+        probe = self._selectors(target, query)
+        with cluster.lock:
+            _, items = cluster.list_objects(target.resource, probe.namespace, probe.labels, probe.fields)
+            deleted = []
+            for item in items:
+                meta = item["metadata"]
+                _, obj = cluster.delete(target.resource, meta.get("namespace", ""), meta["name"])
+                deleted.append(_strip_type(obj))
+            version = cluster.resource_version
+        self._send_json(
+            200,
+            {
+                "kind": target.resource.list_kind,
+                "apiVersion": target.resource.api_version,
+                "metadata": {"resourceVersion": str(version)},
+                "items": deleted,
+            },
+        )
+
+    def _patch(self, target: Target, query: dict[str, str], raw: bytes) -> None:
+        cluster = self.server.owner.cluster
+        content_type = self.headers.get("Content-Type", "").split(";")[0].strip()
+        status = target.subresource == "status"
+        assert target.name is not None
+        if content_type == patches.APPLY_PATCH:
+            if not query.get("fieldManager"):
+                raise errors.bad_request(
+                    "PATCH requests with apply-patch+yaml content type need a fieldManager"
+                )
+            try:
+                applied = yaml.safe_load(raw)
+            except yaml.YAMLError as error:
+                raise errors.bad_request(f"the apply body is not valid YAML: {error}") from None
+            if not isinstance(applied, dict):
+                raise errors.bad_request("the apply body must be an object")
+            try:
+                cluster.get(target.resource, target.scope_namespace, target.name)
+            except ApiError as error:
+                if error.code != 404 or status:
+                    raise
+                body = {**applied, "metadata": {**(applied.get("metadata") or {}), "name": target.name}}
+                self._send_json(201, cluster.create(target.resource, target.scope_namespace, body))
+                return
+            edit: Callable[[Obj], Any] = lambda current: patches.merge_patch(current, applied)  # noqa: E731
+        elif content_type in (patches.MERGE_PATCH, patches.STRATEGIC_MERGE_PATCH):
+            body = self._json_body(raw)
+            if not isinstance(body, dict):
+                raise errors.bad_request("a merge patch must be a JSON object")
+            edit = lambda current: patches.merge_patch(current, body)  # noqa: E731
+        elif content_type == patches.JSON_PATCH:
+            operations = self._json_body(raw)
+            edit = lambda current: patches.json_patch(current, operations)  # noqa: E731
+        else:
+            raise errors.unsupported_media_type(content_type or "(none)")
+        self._send_json(
+            200, cluster.modify(target.resource, target.scope_namespace, target.name, edit, status=status)
+        )
+
+    # --------------------------------------------------------------------------------------- watch
+
+    def _write_chunk(self, event: dict[str, Any]) -> None:
+        data = json.dumps(event, separators=(",", ":")).encode() + b"\n"
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def _client_gone(self) -> bool:
+        """True when the client closed its end (readable with nothing to read)."""
+        readable, _, _ = select.select([self.connection], [], [], 0)
+        if not readable:
+            return False
+        try:
+            return bool(self.connection.recv(1, socket.MSG_PEEK) == b"")
+        except OSError:
+            return True
+
+    def _watch(self, target: Target, query: dict[str, str]) -> None:
+        owner = self.server.owner
+        cluster = owner.cluster
+        watch = self._selectors(target, query)
+        version = query.get("resourceVersion", "")
+        since = None if version in ("", "0") else _parse_version(version)
+        initial_events = query.get("sendInitialEvents") == "true"
+        if initial_events:
+            since = None
+        bookmarks = query.get("allowWatchBookmarks") == "true"
+        timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else None
+        resource = target.resource
+        try:
+            replay = cluster.open_watch(watch, since)
+        except ApiError as error:
+            if error.code != 410:
+                raise
+            # kube-apiserver answers an expired watch with 200 and a single ERROR event.
+            self._start_stream()
+            self._write_chunk({"type": "ERROR", "object": error.status()})
+            self._end_stream()
+            return
+        self._start_stream()
+        started = time.monotonic()
+        deadline = started + timeout if timeout is not None else None
+        next_bookmark = started + owner.bookmark_interval
+        last_version = since if since is not None else cluster.resource_version
+        abrupt = False
+        try:
+            for event in replay:
+                self._write_event(event)
+                last_version = event.resource_version
+            if initial_events:
+                self._write_chunk(
+                    {
+                        "type": "BOOKMARK",
+                        "object": {
+                            "kind": resource.kind,
+                            "apiVersion": resource.api_version,
+                            "metadata": {
+                                "resourceVersion": str(last_version),
+                                "annotations": {"k8s.io/initial-events-end": "true"},
+                            },
+                        },
+                    }
+                )
+            while True:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    break
+                wait = _LIVENESS_POLL
+                if deadline is not None:
+                    wait = min(wait, deadline - now)
+                if bookmarks:
+                    wait = min(wait, max(0.0, next_bookmark - now))
+                try:
+                    item = watch.queue.get(timeout=max(wait, 0.001))
+                except queue.Empty:
+                    if self._client_gone():
+                        abrupt = True
+                        return
+                    if bookmarks and time.monotonic() >= next_bookmark:
+                        current = cluster.bookmark_version(watch)
+                        if current is not None:
+                            self._write_chunk(
+                                {
+                                    "type": "BOOKMARK",
+                                    "object": {
+                                        "kind": resource.kind,
+                                        "apiVersion": resource.api_version,
+                                        "metadata": {"resourceVersion": str(current)},
+                                    },
+                                }
+                            )
+                            last_version = current
+                        next_bookmark = time.monotonic() + owner.bookmark_interval
+                    continue
+                if isinstance(item, WatchEvent):
+                    self._write_event(item)
+                    last_version = item.resource_version
+                elif isinstance(item, ExpireStream):
+                    expired = errors.expired(last_version, cluster.resource_version)
+                    self._write_chunk({"type": "ERROR", "object": expired.status()})
+                    break
+                elif isinstance(item, EndStream):
+                    abrupt = item.abrupt
+                    break
+        except OSError:
+            abrupt = True
+        finally:
+            cluster.close_watch(watch)
+            if abrupt:
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+        if not abrupt:
+            self._end_stream()
+
+    def _write_event(self, event: WatchEvent) -> None:
+        self._write_chunk({"type": event.type, "object": event.object})
+
+    def _start_stream(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Cache-Control", "no-cache, private")
+        self.end_headers()
+
+    def _end_stream(self) -> None:
+        with contextlib.suppress(OSError):
+            self.wfile.write(b"0\r\n\r\n")
+        self.close_connection = True
+
+
+class FakeApiServer:
+    """The fake API server: HTTP in a background thread plus direct, in-process manipulation for tests.
+
+    Direct methods have the same effects as the HTTP API (new resourceVersion, watchers told) and raise
+    ``ApiError`` (with the same code, reason and message the HTTP API would send) on refusal.
+    """
+
+    def __init__(self, *, bookmark_interval: float = 1.0) -> None:
+        self.bookmark_interval = bookmark_interval
+        self.cluster = Cluster()
+        self.requests: list[tuple[str, str]] = []
+        self.url = ""
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        for namespace in SEED_NAMESPACES:
+            self.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+
+    # ---------------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> str:
+        if self._server is not None:
+            return self.url
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.owner = self
+        self._server = server
+        host, port = server.server_address[:2]
+        self.url = f"http://{host!s}:{port}"
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.name = f"fake-apiserver-{port}"
+        self._thread.start()
+        return self.url
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        for watch in self.cluster.watches():
+            watch.queue.put(EndStream(abrupt=True))
+        server.shutdown()
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> FakeApiServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _track(self, connection: socket.socket, open_: bool) -> None:
+        with self._connections_lock:
+            if open_:
+                self._connections.add(connection)
+            else:
+                self._connections.discard(connection)
+
+    # --------------------------------------------------------------------------- direct manipulation
+
+    @property
+    def resource_version(self) -> int:
+        return self.cluster.resource_version
+
+    @staticmethod
+    def _resource(api_version: str, kind: str) -> ResourceType:
+        resource = resources.find_by_kind(api_version, kind)
+        if resource is None:
+            raise errors.bad_request(
+                f"the fake API server does not serve {kind} in {api_version or '(no apiVersion)'}"
+            )
+        return resource
+
+    def _locate(self, obj: dict[str, Any]) -> tuple[ResourceType, str]:
+        if not isinstance(obj, dict):
+            raise errors.bad_request("an object must be a mapping")
+        resource = self._resource(str(obj.get("apiVersion", "")), str(obj.get("kind", "")))
+        namespace = (obj.get("metadata") or {}).get("namespace") or "default"
+        return resource, namespace if resource.namespaced else ""
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create as POST would (namespace from metadata, "default" if unset); returns the stored object."""
+        resource, namespace = self._locate(obj)
+        return copy.deepcopy(self.cluster.create(resource, namespace, obj))
+
+    def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """PUT: a metadata.resourceVersion, if given, must be current (else ApiError 409 Conflict)."""
+        resource, namespace = self._locate(obj)
+        name = str((obj.get("metadata") or {}).get("name", ""))
+        return copy.deepcopy(self.cluster.update(resource, namespace, name, obj, status=False))
+
+    def replace_status(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """PUT on /status: only .status changes."""
+        resource, namespace = self._locate(obj)
+        name = str((obj.get("metadata") or {}).get("name", ""))
+        return copy.deepcopy(self.cluster.update(resource, namespace, name, obj, status=True))
+
+    def patch(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        name: str,
+        patch: dict[str, Any],
+        *,
+        status: bool = False,
+    ) -> dict[str, Any]:
+        """A JSON merge patch on the object (or on /status with ``status=True``)."""
+        resource = self._resource(api_version, kind)
+        scope = namespace if resource.namespaced else ""
+        edited = self.cluster.modify(
+            resource, scope, name, lambda current: patches.merge_patch(current, patch), status=status
+        )
+        return copy.deepcopy(edited)
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        resource = self._resource(api_version, kind)
+        self.cluster.delete(resource, namespace if resource.namespaced else "", name)
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        resource = self._resource(api_version, kind)
+        try:
+            return copy.deepcopy(self.cluster.get(resource, namespace if resource.namespaced else "", name))
+        except ApiError:
+            return None
+
+    def objects(self, api_version: str, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Current objects of a kind (all namespaces when ``namespace`` is None), in key order."""
+        resource = self._resource(api_version, kind)
+        _, items = self.cluster.list_objects(resource, namespace if resource.namespaced else None)
+        return copy.deepcopy(items)
+
+    def compact(self) -> None:
+        self.cluster.compact()
+
+    def drop_watches(self, *, abrupt: bool = False) -> None:
+        """End every open watch now: with the final chunk, or (``abrupt``) by cutting the TCP connection."""
+        for watch in self.cluster.watches():
+            watch.queue.put(EndStream(abrupt=abrupt))
+
+    def expire_watches(self) -> None:
+        """Send each open watch an ERROR event with a 410 Expired Status, then end its stream."""
+        for watch in self.cluster.watches():
+            watch.queue.put(ExpireStream())
+
+    def watch_count(self) -> int:
+        """Watch streams open now (for tests that wait for a client to (re)connect)."""
+        return len(self.cluster.watches())
+
+
+__all__ = ["ApiError", "FakeApiServer"]
