@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
@@ -27,7 +27,9 @@ from kubegate.ir.dump import dump_translation
 from kubegate.planes.proxy.http import ProxySettings
 from kubegate.planes.proxy.l4 import L4Proxy, L4Settings
 from kubegate.planes.proxy.server import ProxyServer
-from kubegate.reconcile import Reconciler
+from kubegate.reconcile import Reconciler, Source
+from kubegate.sources.kubernetes.config import KubeConnection
+from kubegate.sources.kubernetes.source import KubernetesSource
 from kubegate.translate.context import Options, Translation
 
 uvloop: ModuleType | None
@@ -55,6 +57,22 @@ class ServeConfig:
     drain_seconds: float = 10.0
     reuse_port: bool = False
     watch: bool = True
+    # objects from this API server instead of `paths`
+    kubernetes: KubeConnection | None = None
+    # the one namespace to watch there; None: all namespaces
+    kubernetes_namespace: str | None = None
+
+
+# Called with every translation once it is serving (the first one included): where status writing to
+# the API server attaches (Gateway.publish_hooks). Hooks must not block; they run on the event loop.
+PublishHook = Callable[[Translation], None]
+
+
+def make_source(config: ServeConfig) -> Source | None:
+    """The Kubernetes source when configured; None for the manifest files."""
+    if config.kubernetes is None:
+        return None
+    return KubernetesSource(config.kubernetes, namespace=config.kubernetes_namespace)
 
 
 class ListenError(Exception):
@@ -69,7 +87,10 @@ class Gateway:
         self.proxy: ProxyServer | None = None
         self.admin: AdminServer | None = None
         self.access_log = AccessLogWriter(config.access_log) if config.access_log else None
-        self.reconciler = Reconciler(config.paths, config.options, self._publish, config.state_file)
+        self.reconciler = Reconciler(
+            config.paths, config.options, self._publish, config.state_file, source=make_source(config)
+        )
+        self.publish_hooks: list[PublishHook] = []
         self.trigger = asyncio.Event()
         self.address: tuple[str, int] | None = None
         self.tls_address: tuple[str, int] | None = None
@@ -94,6 +115,15 @@ class Gateway:
             task = asyncio.get_running_loop().create_task(self._update_l4(translation))
             self._l4_updates.add(task)
             task.add_done_callback(self._l4_updates.discard)
+        self._run_publish_hooks(translation)
+
+    def _run_publish_hooks(self, translation: Translation) -> None:
+        for hook in self.publish_hooks:
+            try:
+                hook(translation)
+            except Exception:
+                # a failing hook (status writing) must not keep the new table from serving
+                log.exception("publish hook %r failed", hook)
 
     async def _update_l4(self, translation: Translation) -> None:
         # updates run one at a time, in publish order, so an older table never overwrites a newer one
@@ -108,6 +138,7 @@ class Gateway:
             log.error("Service %s: %s", service, message)
 
     async def start(self) -> None:
+        await self.reconciler.start()
         self.reconciler.reload()
         translation = self.reconciler.translation
         assert translation is not None
@@ -148,6 +179,7 @@ class Gateway:
                 ) from None
         if self.config.watch:
             self._watch_task = asyncio.create_task(self.reconciler.watch(self.trigger))
+        self._run_publish_hooks(translation)
 
     def _admin_routes(self) -> dict[str, Handler]:
         metrics = metrics_handler(self.reconciler, lambda: self.proxy)
@@ -183,6 +215,7 @@ class Gateway:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
+        await self.reconciler.stop()
         if self.admin is not None:
             await self.admin.close()
         if self.l4 is not None:

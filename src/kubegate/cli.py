@@ -173,6 +173,30 @@ def _cmd_render(outcome: Outcome, args: argparse.Namespace) -> int:
     return code
 
 
+def _add_kubernetes_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("kubernetes (instead of PATH)")
+    group.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="take objects from the Kubernetes API server (kubeconfig or in-cluster service account)",
+    )
+    group.add_argument(
+        "--kubeconfig",
+        type=Path,
+        metavar="FILE",
+        help="kubeconfig file (default: $KUBECONFIG, in-cluster, then ~/.kube/config)",
+    )
+    group.add_argument("--context", help="kubeconfig context to use (default: its current-context)")
+    group.add_argument(
+        "--namespace", help="watch only this namespace (default: all; IngressClasses are cluster-wide)"
+    )
+    group.add_argument(
+        "--watch-ingress-without-class",
+        action="store_true",
+        help="also serve Ingresses with no class and no default IngressClass (as ingress-nginx)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kubegate",
@@ -237,8 +261,10 @@ def _parser() -> argparse.ArgumentParser:
         ("demo", "serve the manifests (default: examples/) with echo backends on their loopback endpoints"),
     ):
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        nargs = "*" if name == "demo" else "+"
-        sub.add_argument("paths", nargs=nargs, metavar="PATH", help="manifest file or directory")
+        # serve: PATH or --kubernetes, checked when it runs (argparse cannot say "one of" for these)
+        sub.add_argument("paths", nargs="*", metavar="PATH", help="manifest file or directory")
+        if name == "serve":
+            _add_kubernetes_arguments(sub)
         sub.add_argument("--listen", default="0.0.0.0:8080", metavar="HOST:PORT")
         sub.add_argument(
             "--tls-listen",

@@ -1,9 +1,14 @@
-"""The reconcile step for the file source: load, diff in the store, translate, publish.
+"""The reconcile step: load from a source, diff in the store, translate, publish.
 
-`Reconciler.reload()` is synchronous and cheap to call often: it loads every manifest (the files are the
-source of truth), lets the store decide whether anything changed, and only then translates with the
+`Reconciler.reload()` is synchronous and cheap to call often: it takes everything the source holds (the
+files, read again: they are the source of truth; or the Kubernetes informers' caches, decoded one object at
+a time as they changed), lets the store decide whether anything changed, and only then translates with the
 memoising Translator and hands the result to the publisher. The loop around it (`watch`) coalesces bursts
-of file events (editors write several times per save) before reloading.
+of change signals from the source before reloading.
+
+A source is anything with `load()`, `start()`, `stop()`, `follow(trigger)` and a `coalesce_seconds`
+hold-off (see `Source`); `FileSource` is the manifests on disk, `sources.kubernetes.KubernetesSource` the
+API server.
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import watchfiles
 
 from kubegate.objects.meta import ObjectKey, Origin
 from kubegate.pipeline import place_diagnostics
-from kubegate.sources.files import Problem, load_paths
+from kubegate.sources.files import LoadResult, Problem, load_paths
 from kubegate.state import StateError, load_allocations, save_allocations
 from kubegate.store import Store
 from kubegate.translate import Translator
@@ -38,6 +44,52 @@ WATCH_SETTLE_SECONDS = 0.3
 Publisher = Callable[[Translation], None]
 
 
+class Source(Protocol):
+    """Where the reconciler's objects come from."""
+
+    # hold-off after the first change signal, so a burst becomes one reload
+    coalesce_seconds: float
+
+    async def start(self) -> None:
+        """Begin reading; returns once `load()` gives a complete view (the first full read)."""
+
+    def load(self) -> LoadResult:
+        """Everything the source holds now."""
+        ...
+
+    async def follow(self, trigger: asyncio.Event) -> None:
+        """Set `trigger` whenever the source may have changed; runs until cancelled."""
+
+    async def stop(self) -> None:
+        """Release what `start()` took."""
+
+
+class FileSource:
+    """Manifest files and directories (and "-" for stdin), read again on every load."""
+
+    coalesce_seconds = COALESCE_SECONDS
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = list(paths)
+
+    async def start(self) -> None:
+        return None
+
+    def load(self) -> LoadResult:
+        return load_paths(self.paths)
+
+    async def follow(self, trigger: asyncio.Event) -> None:
+        watched = [path for path in self.paths if path != "-"]
+        # the watcher needs a moment to register with the kernel; one catch-up reload after that picks up
+        # edits made between the initial load and then (a no-op when there were none)
+        asyncio.get_running_loop().call_later(WATCH_SETTLE_SECONDS, trigger.set)
+        async for _ in watchfiles.awatch(*watched, debounce=50, step=20, recursive=True):
+            trigger.set()
+
+    async def stop(self) -> None:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class ReloadReport:
     version: int
@@ -48,9 +100,16 @@ class ReloadReport:
 
 class Reconciler:
     def __init__(
-        self, paths: Sequence[str], options: Options, publish: Publisher, state_file: Path | None = None
+        self,
+        paths: Sequence[str],
+        options: Options,
+        publish: Publisher,
+        state_file: Path | None = None,
+        *,
+        source: Source | None = None,
     ) -> None:
         self.paths = list(paths)
+        self.source: Source = source if source is not None else FileSource(paths)
         self.options = options
         self.store = Store()
         self.translator = Translator()
@@ -64,7 +123,7 @@ class Reconciler:
 
     def reload(self) -> ReloadReport:
         started = time.perf_counter()
-        result = load_paths(self.paths)
+        result = self.source.load()
         change = self.store.apply(result)
         for key in change.kept:
             log.warning("%s: new version is invalid; keeping the last good one", key)
@@ -99,27 +158,27 @@ class Reconciler:
     def object_origin(self, key: ObjectKey) -> Origin | None:
         return self.store.origin(key)
 
+    async def start(self) -> None:
+        """Start the source and wait for its first complete view (the files: at once; the API server:
+        every informer listed)."""
+        await self.source.start()
+
+    async def stop(self) -> None:
+        await self.source.stop()
+
     async def watch(self, trigger: asyncio.Event) -> None:
-        """Reload whenever files under the paths change or `trigger` is set (SIGHUP). Runs until cancelled."""
-        watched = [path for path in self.paths if path != "-"]
-
-        async def file_events() -> None:
-            async for _ in watchfiles.awatch(*watched, debounce=50, step=20, recursive=True):
-                trigger.set()
-
-        watcher = asyncio.create_task(file_events())
-        # the watcher needs a moment to register with the kernel; one catch-up reload after that picks up
-        # edits made between the initial load and then (a no-op when there were none)
-        asyncio.get_running_loop().call_later(WATCH_SETTLE_SECONDS, trigger.set)
+        """Reload whenever the source changes or `trigger` is set (SIGHUP). Runs until cancelled."""
+        follower = asyncio.create_task(self.source.follow(trigger))
+        hold_off = self.source.coalesce_seconds
         try:
             while True:
                 await trigger.wait()
                 deadline = time.monotonic() + COALESCE_CAP_SECONDS
                 trigger.clear()
-                # coalesce: wait until COALESCE_SECONDS pass without a new event, at most the cap
+                # coalesce: wait until the hold-off passes without a new signal, at most the cap
                 while time.monotonic() < deadline:
                     try:
-                        await asyncio.wait_for(trigger.wait(), COALESCE_SECONDS)
+                        await asyncio.wait_for(trigger.wait(), hold_off)
                     except TimeoutError:
                         break
                     trigger.clear()
@@ -135,4 +194,4 @@ class Reconciler:
                         "configuration version %d published in %.1f ms", report.version, report.seconds * 1e3
                     )
         finally:
-            watcher.cancel()
+            follower.cancel()

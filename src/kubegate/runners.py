@@ -7,6 +7,7 @@ import argparse
 import logging
 import resource
 import sys
+from dataclasses import replace
 
 from kubegate import app
 from kubegate.agent import AgentConfig, NftablesAgent
@@ -23,6 +24,7 @@ from kubegate.planes.render import (
     render_nftables,
 )
 from kubegate.settings import SettingsError, options_from_args
+from kubegate.sources.kubernetes.config import KubeConfigError, KubeConnection, KubeSettings, resolve
 from kubegate.state import StateError
 
 EXIT_USAGE = 2
@@ -47,9 +49,18 @@ def run_long_running(args: argparse.Namespace) -> int:
                 return 0
 
             return app.run_event_loop(echo_forever())
+        kubernetes = _kubernetes_connection(args)
+        options = options_from_args(
+            args, serve_ingress_without_class=kubernetes is None or args.watch_ingress_without_class
+        )
+        if kubernetes is not None:
+            # the API server allocated ClusterIPs and nodePorts; we only follow them
+            options = replace(options, addresses_from_spec=True)
         config = app.ServeConfig(
-            paths=tuple(args.paths or ["examples"]),
-            options=options_from_args(args),
+            paths=tuple(args.paths or ["examples"]) if kubernetes is None else (),
+            options=options,
+            kubernetes=kubernetes,
+            kubernetes_namespace=getattr(args, "namespace", None),
             listen=listen,
             tls_listen=None
             if args.tls_listen == "off"
@@ -61,7 +72,7 @@ def run_long_running(args: argparse.Namespace) -> int:
             proxy=ProxySettings(trusted_proxies=tuple(args.trusted_proxy)),
             drain_seconds=args.drain_timeout,
         )
-    except (ValueError, SettingsError) as error:
+    except (ValueError, SettingsError, KubeConfigError) as error:
         print(f"kubegate: {error}", file=sys.stderr)
         return EXIT_USAGE
     try:
@@ -72,6 +83,25 @@ def run_long_running(args: argparse.Namespace) -> int:
     except StateError as error:
         print(f"kubegate: {error}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _kubernetes_connection(args: argparse.Namespace) -> KubeConnection | None:
+    """The API server connection for `serve --kubernetes`, or None for PATH. Raises SettingsError for a
+    wrong combination, KubeConfigError for an unusable kubeconfig."""
+    if not getattr(args, "kubernetes", False):
+        for flag in ("kubeconfig", "context", "namespace"):
+            if getattr(args, flag, None) is not None:
+                raise SettingsError(f"--{flag} needs --kubernetes")
+        if getattr(args, "watch_ingress_without_class", False):
+            raise SettingsError("--watch-ingress-without-class needs --kubernetes")
+        if args.long_running == "serve" and not args.paths:
+            raise SettingsError("serve: give a manifest PATH, or --kubernetes to read the API server")
+        return None
+    if args.paths:
+        raise SettingsError(
+            f"serve: PATH ({' '.join(args.paths)}) and --kubernetes exclude each other: pick one source"
+        )
+    return resolve(KubeSettings(args.kubeconfig, args.context, args.namespace))
 
 
 def _run_agent(args: argparse.Namespace) -> int:

@@ -718,6 +718,35 @@ def _allocate_load_balancer_ips(
 
 
 # --------------------------------------------------------------------------------------------------
+# Addresses the API server already allocated
+
+
+def _addresses_from_spec(
+    subjects: list[_Subject], diagnostics: list[Diagnostic]
+) -> tuple[dict[str, Value], dict[str, Value]]:
+    """ClusterIPs and nodePorts exactly as the API server wrote them into the specs: it allocated them
+    (from its own service CIDR, which need not be ours) and keeps them unique, so nothing is checked
+    against our ranges and nothing is handed out."""
+    cluster_ips: dict[str, Value] = {}
+    node_ports: dict[str, Value] = {}
+    for subject in subjects:
+        requested, where = subject.cluster_ip or ("", "")
+        if requested:
+            value = parse_ip(requested)
+            if value is None:
+                diagnostics.append(_error(subject.object, where, f"{requested!r} is not a valid IP address"))
+            else:
+                cluster_ips[subject.holder] = value
+        if not _exposes_node_ports(subject):
+            continue
+        for port in subject.service.spec.ports:
+            if port.node_port:
+                key = _node_port_key(subject.holder, port.port, port.protocol.upper())
+                node_ports[key] = (NODE_PORT_VERSION, port.node_port)
+    return cluster_ips, node_ports
+
+
+# --------------------------------------------------------------------------------------------------
 # Entry point
 
 
@@ -745,8 +774,11 @@ def allocate(
 
     diagnostics: list[Diagnostic] = []
     context = _Context(age, objects, diagnostics)
-    cluster_ips = _allocate_cluster_ips(subjects, previous.cluster_ips, options, context)
-    node_ports = _allocate_node_ports(subjects, previous.node_ports, options, context)
+    if options.addresses_from_spec:
+        cluster_ips, node_ports = _addresses_from_spec(subjects, diagnostics)
+    else:
+        cluster_ips = _allocate_cluster_ips(subjects, previous.cluster_ips, options, context)
+        node_ports = _allocate_node_ports(subjects, previous.node_ports, options, context)
     load_balancer_ips = _allocate_load_balancer_ips(subjects, previous.load_balancer_ips, options, context)
     allocations = Allocations(
         cluster_ips={key: format_value(value) for key, value in sorted(cluster_ips.items())},

@@ -49,6 +49,9 @@ class Options:
     load_balancer_class: str = DEFAULT_LOAD_BALANCER_CLASS
     # written to the status of every Ingress we serve
     publish_addresses: tuple[str, ...] = ()
+    # From the API server, ClusterIPs and nodePorts were already allocated by it: take spec.clusterIP and
+    # spec.ports[].nodePort as given instead of allocating (LoadBalancer IPs are still ours to hand out).
+    addresses_from_spec: bool = False
 
 
 class Allocations(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
