@@ -145,7 +145,9 @@ class StubApi:
         metadata: dict[str, Any] = {"resourceVersion": str(self.version)}
         if limit and start + limit < len(items):
             metadata["continue"] = str(start + limit)
-        return httpx2.Response(200, json={"kind": "List", "apiVersion": "v1", "metadata": metadata, "items": page})
+        return httpx2.Response(
+            200, json={"kind": "List", "apiVersion": "v1", "metadata": metadata, "items": page}
+        )
 
     def _watch(self, plural: str, namespace: str | None, request: httpx2.Request) -> httpx2.Response:
         since = int(request.url.params.get("resourceVersion") or self.version)

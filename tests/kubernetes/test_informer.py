@@ -183,7 +183,10 @@ async def test_410_when_opening_the_watch_relists_and_reports_deletions_in_the_g
         assert names(informer) == {"keep", "changed"}
         later = recorder.changes[before:]
         # the unchanged object is neither re-decoded nor reported
-        assert sorted((key.name, entry is None) for key, entry in later) == [("changed", False), ("gone", True)]
+        assert sorted((key.name, entry is None) for key, entry in later) == [
+            ("changed", False),
+            ("gone", True),
+        ]
 
 
 async def test_410_error_event_mid_stream_relists() -> None:
@@ -215,7 +218,9 @@ async def test_a_bad_object_is_a_problem_and_the_others_stay() -> None:
         assert bad.object is None
         (problem,) = bad.problems
         assert problem.field == "spec.rules[0].http.paths[0].pathType"
-        assert str(problem).startswith("kubernetes Ingress default/bad spec.rules[0].http.paths[0].pathType: ")
+        assert str(problem).startswith(
+            "kubernetes Ingress default/bad spec.rules[0].http.paths[0].pathType: "
+        )
         await until(lambda: bool(api.streams))
         api.put("ingresses", ingress("bad"))
         await until(lambda: informer.cache[ObjectKey("Ingress", "default", "bad")].object is not None)
