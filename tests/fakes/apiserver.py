@@ -45,7 +45,7 @@ from typing import Any
 
 import yaml
 
-from tests.fakes import errors, patches, resources
+from tests.fakes import errors, openapi, patches, resources, tables
 from tests.fakes.cluster import Cluster, EndStream, ExpireStream, Obj, Watch, WatchEvent, too_large
 from tests.fakes.errors import ApiError
 from tests.fakes.resources import ResourceType
@@ -130,6 +130,8 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+    _as_table = False  # this watch stream sends each object as a one-row Table
+    _include_object = ""
 
     # ------------------------------------------------------------------------------------ plumbing
 
@@ -245,9 +247,14 @@ class _Handler(BaseHTTPRequestHandler):
                 body = resources.api_resource_list(parts[1], parts[2])
                 if body is None:
                     raise errors.page_not_found(path)
+            elif parts == ["openapi", "v3"]:
+                body = openapi.index()
+            elif parts[:2] == ["openapi", "v3"]:
+                body = openapi.document_for(stripped)
+                if body is None:
+                    raise errors.page_not_found(path)
             elif parts[0] == "openapi":
-                # No OpenAPI documents: kubectl then skips client-side schema work (see test_kubectl.py).
-                raise errors.page_not_found(path)
+                raise errors.page_not_found(path)  # no v2 document; kubectl uses v3 (see openapi.py)
         if body is None:
             return False
         if self.command not in ("GET", "HEAD"):
@@ -281,7 +288,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         name = target.name
         if method in ("GET", "HEAD"):
-            self._send_json(200, cluster.get(resource, namespace, name))
+            obj = cluster.get(resource, namespace, name)
+            if self._table_wanted():
+                version = obj["metadata"]["resourceVersion"]
+                self._send_json(
+                    200, tables.table(resource.kind, [obj], version, query.get("includeObject", ""))
+                )
+            else:
+                self._send_json(200, obj)
         elif method == "PUT":
             self._send_json(
                 200, cluster.update(resource, namespace, name, self._json_body(raw), status=status)
@@ -301,6 +315,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200 if deleted else 202, obj)
         else:
             raise errors.method_not_allowed(method)
+
+    def _table_wanted(self) -> bool:
+        return tables.wants_table(self.headers.get("Accept", ""))
 
     def _selectors(self, target: Target, query: dict[str, str]) -> Watch:
         return Watch(
@@ -328,6 +345,10 @@ class _Handler(BaseHTTPRequestHandler):
         list_version, items = self.server.owner.cluster.list_objects(
             target.resource, probe.namespace, probe.labels, probe.fields, at
         )
+        if self._table_wanted():
+            include = query.get("includeObject", "")
+            self._send_json(200, tables.table(target.resource.kind, items, str(list_version), include))
+            return
         self._send_json(
             200,
             {
@@ -426,6 +447,8 @@ class _Handler(BaseHTTPRequestHandler):
         bookmarks = query.get("allowWatchBookmarks") == "true"
         timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else None
         resource = target.resource
+        self._as_table = self._table_wanted()
+        self._include_object = query.get("includeObject", "")
         try:
             replay = cluster.open_watch(watch, since)
         except ApiError as error:
@@ -513,7 +536,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._end_stream()
 
     def _write_event(self, event: WatchEvent) -> None:
-        self._write_chunk({"type": event.type, "object": event.object})
+        obj = event.object
+        if self._as_table:
+            version = obj["metadata"]["resourceVersion"]
+            obj = tables.table(obj["kind"], [obj], version, self._include_object)
+        self._write_chunk({"type": event.type, "object": obj})
 
     def _start_stream(self) -> None:
         self.send_response(200)
@@ -595,6 +622,27 @@ class FakeApiServer:
                 self._connections.add(connection)
             else:
                 self._connections.discard(connection)
+
+    def kubeconfig(self, namespace: str = "default") -> dict[str, Any]:
+        """A kubeconfig for this server (lightkube: ``KubeConfig.from_dict``; kubectl: write it as YAML).
+
+        The token is never checked; it is there because clients insist on having a user.
+        """
+        return {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "users": [{"name": "fake", "user": {"token": "fake-token"}}],
+            "contexts": [
+                {"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}
+            ],
+            "current-context": "fake",
+        }
+
+    def write_kubeconfig(self, path: str, namespace: str = "default") -> str:
+        with open(path, "w", encoding="utf-8") as out:
+            yaml.safe_dump(self.kubeconfig(namespace), out)
+        return path
 
     # --------------------------------------------------------------------------- direct manipulation
 
