@@ -78,7 +78,7 @@ def _service(obj: Obj) -> list[Any]:
 def _ingress(obj: Obj) -> list[Any]:
     spec = _spec(obj)
     hosts = [
-        rule.get("host") for rule in spec.get("rules") or [] if isinstance(rule, dict) and rule.get("host")
+        str(rule["host"]) for rule in spec.get("rules") or [] if isinstance(rule, dict) and rule.get("host")
     ]
     if not hosts:
         hosts_text = "*"
