@@ -1,0 +1,145 @@
+"""Allocations with the Kubernetes source: the cluster is the record, and only the leader adds to it.
+
+With files, kubegate keeps its allocations in a state file. With the API server, several replicas run and
+leadership moves between them, so a local file would let two replicas remember the same IP for different
+Services. Instead:
+
+- The API server allocates ClusterIPs and nodePorts itself; they are in each Service's spec.
+- A LoadBalancer IP kubegate hands out is recorded in the Service's ``status.loadBalancer.ingress``, and
+  nowhere else. ``allocations_from_cluster`` reads these back as the translator's ``previous``
+  allocations, so every replica, and every new leader, starts from what the cluster shows.
+- Only the leader hands out new LoadBalancer IPs (and writes them, see ``status_writer``). A follower runs
+  the same translation and then applies ``follower_view``, which keeps only the LoadBalancer IPs already
+  written to each Service's status: a follower never serves an address the leader may give to another
+  Service. Once the leader's write arrives through the follower's informer, the follower serves it too.
+
+The translator itself is unchanged: ``follower_view`` post-processes its result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import msgspec
+
+from kubegate.ir.model import L4Service
+from kubegate.objects.kinds import Service
+from kubegate.objects.snapshot import Snapshot
+from kubegate.translate.allocation import AddressRange, parse_address_range, parse_ip
+from kubegate.translate.context import Allocations, Options, Pool, Translation
+
+
+def handled_load_balancer(service: Service, options: Options) -> bool:
+    """A LoadBalancer Service kubegate assigns an address to (no class, or ours)."""
+    spec = service.spec
+    return spec.type == "LoadBalancer" and spec.load_balancer_class in (None, options.load_balancer_class)
+
+
+def shown_load_balancer_ips(service: Service) -> tuple[str, ...]:
+    """The IPs status.loadBalancer.ingress shows, in order."""
+    return tuple(entry.ip for entry in service.status.load_balancer.ingress if entry.ip)
+
+
+def _pool_ranges(pools: tuple[Pool, ...]) -> list[AddressRange]:
+    ranges: list[AddressRange] = []
+    for pool in pools:
+        for text in pool.addresses:
+            try:
+                ranges.append(parse_address_range(text))
+            except ValueError:
+                continue  # kubegate.pools rejects bad pool entries before they get here
+    return ranges
+
+
+def in_pools(ip: str, pools: tuple[Pool, ...]) -> bool:
+    """Whether ``ip`` lies in one of ``pools`` (whatever their namespace or class restrictions)."""
+    value = parse_ip(ip)
+    return value is not None and any(address_range.holds(value) for address_range in _pool_ranges(pools))
+
+
+def _age(service: Service, holder: str) -> tuple[bool, str, str]:
+    # oldest first, as the allocator ranks claims: no creationTimestamp counts as newest
+    stamp = service.metadata.creation_timestamp
+    return (not stamp, stamp, holder)
+
+
+def allocations_from_cluster(snapshot: Snapshot, options: Options) -> Allocations:
+    """What the cluster shows as allocated, as the translator's ``previous`` allocations.
+
+    ClusterIPs and nodePorts come from each Service's spec (the API server allocated them); a
+    LoadBalancer IP from the first IP of the status that lies in one of our pools. Should two Services
+    show the same IP (an edit by hand, or a split brain), the older keeps it and the other gets none
+    here, so the result never gives one IP twice.
+    """
+    ranges = _pool_ranges(options.pools)
+    cluster_ips: dict[str, str] = {}
+    node_ports: dict[str, int] = {}
+    candidates: list[tuple[tuple[bool, str, str], str, str]] = []
+    for (namespace, name), service in snapshot.services.items():
+        holder = f"{namespace}/{name}"
+        spec = service.spec
+        cluster_ip = spec.cluster_ip or (spec.cluster_ips[0] if spec.cluster_ips else "")
+        if cluster_ip and cluster_ip != "None" and spec.type != "ExternalName":
+            cluster_ips[holder] = cluster_ip
+        for port in spec.ports:
+            if port.node_port:
+                node_ports[f"{holder}:{port.port}/{port.protocol.upper()}"] = port.node_port
+        if not handled_load_balancer(service, options):
+            continue
+        for ip in shown_load_balancer_ips(service):
+            value = parse_ip(ip)
+            if value is not None and any(address_range.holds(value) for address_range in ranges):
+                candidates.append((_age(service, holder), holder, ip))
+                break
+    load_balancer_ips: dict[str, str] = {}
+    taken: set[str] = set()
+    for _, holder, ip in sorted(candidates):
+        if ip not in taken:
+            taken.add(ip)
+            load_balancer_ips[holder] = ip
+    return Allocations(
+        cluster_ips=dict(sorted(cluster_ips.items())),
+        node_ports=dict(sorted(node_ports.items())),
+        load_balancer_ips=dict(sorted(load_balancer_ips.items())),
+    )
+
+
+def follower_view(translation: Translation, snapshot: Snapshot) -> Translation:
+    """``translation`` as a follower may serve it: each LoadBalancer Service keeps only the IPs its status
+    already shows, in the routing table, in ``service_status`` and in ``allocations``.
+
+    Returns ``translation`` itself when nothing had to be removed (the usual case once the leader has
+    written every status), so callers can compare by identity.
+    """
+    kept: dict[tuple[str, str], tuple[str, ...]] = {}
+    for key, addresses in translation.service_status.items():
+        service = snapshot.services.get(key)
+        shown = set(shown_load_balancer_ips(service)) if service is not None else set()
+        kept[key] = tuple(address for address in addresses if address in shown)
+    if kept == translation.service_status:
+        return translation
+
+    def keep(l4: L4Service) -> L4Service:
+        namespace, _, name = l4.name.partition("/")
+        allowed = kept.get((namespace, name))
+        if allowed is None or allowed == l4.load_balancer_ips:
+            return l4
+        return msgspec.structs.replace(
+            l4, load_balancer_ips=tuple(ip for ip in l4.load_balancer_ips if ip in allowed)
+        )
+
+    routing = msgspec.structs.replace(
+        translation.routing, services=tuple(keep(l4) for l4 in translation.routing.services)
+    )
+    load_balancer_ips = {
+        holder: ip
+        for holder, ip in translation.allocations.load_balancer_ips.items()
+        if ip in kept.get(_split(holder), ())
+    }
+    allocations = msgspec.structs.replace(translation.allocations, load_balancer_ips=load_balancer_ips)
+    return dataclasses.replace(translation, routing=routing, allocations=allocations, service_status=kept)
+
+
+def _split(holder: str) -> tuple[str, str]:
+    namespace, _, name = holder.partition("/")
+    return namespace, name
