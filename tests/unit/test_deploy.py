@@ -10,21 +10,26 @@ RBAC, flags); the chart by `helm lint` and `helm template` (helm from deploy/too
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import json
 import os
+import pkgutil
 import re
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import lightkube.resources
 import msgspec.inspect as schema
 import pytest
 import yaml
-from lightkube.core.resource import NamespacedResource
+from lightkube.core.resource import NamespacedResource, Resource
 from lightkube.core.resource_registry import resource_registry
 
 from kubegate.cli import _parser
@@ -618,6 +623,169 @@ def test_the_manifests_images_are_the_targets_their_commands_need() -> None:
             f"{kind} {name}: image {workload['image']} is not built by deploy/Dockerfile"
         )
         assert apt_packages(stage_map()[target]) == tools[workload["args"][0]]
+
+
+# --------------------------------------------------------------------------------------------------------
+# kubectl: even `--dry-run=client` asks the API server's discovery which kinds exist and whether they are
+# namespaced, and `apply` GETs each object to diff against. So the test serves discovery built from
+# lightkube-models' resource table on loopback, answering 404 for every object: an empty cluster.
+
+
+def discovery_documents() -> dict[str, Obj]:
+    lists: dict[str, Obj] = {}
+    groups: dict[str, set[str]] = {}
+    for module_info in pkgutil.iter_modules(lightkube.resources.__path__):
+        module = importlib.import_module(f"lightkube.resources.{module_info.name}")
+        for candidate in vars(module).values():
+            if not (isinstance(candidate, type) and issubclass(candidate, Resource)):
+                continue
+            info = getattr(candidate, "_api_info", None)
+            if info is None or info.parent is not None or info.action:
+                continue  # subresources (status, scale) are not listed as kinds
+            group, version = info.resource.group, info.resource.version
+            group_version = f"{group}/{version}" if group else version
+            listing = lists.setdefault(
+                group_version,
+                {
+                    "kind": "APIResourceList",
+                    "apiVersion": "v1",
+                    "groupVersion": group_version,
+                    "resources": [],
+                },
+            )
+            if any(r["name"] == info.plural for r in listing["resources"]):
+                continue
+            listing["resources"].append(
+                {
+                    "name": info.plural,
+                    "singularName": "",
+                    "namespaced": issubclass(candidate, NamespacedResource),
+                    "kind": info.resource.kind,
+                    "verbs": ["get", "list", "create", "update", "patch"],
+                }
+            )
+            if group:
+                groups.setdefault(group, set()).add(version)
+    documents = {f"/api/{v}" if "/" not in v else f"/apis/{v}": listing for v, listing in lists.items()}
+    documents["/api"] = {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
+    documents["/apis"] = {
+        "kind": "APIGroupList",
+        "apiVersion": "v1",
+        "groups": [
+            {
+                "name": group,
+                "versions": [{"groupVersion": f"{group}/{v}", "version": v} for v in sorted(versions)],
+                "preferredVersion": {"groupVersion": f"{group}/{max(versions)}", "version": max(versions)},
+            }
+            for group, versions in sorted(groups.items())
+        ],
+    }
+    return documents
+
+
+@dataclass
+class EmptyCluster:
+    url: str
+    requested: list[str]
+
+
+@pytest.fixture
+def empty_cluster() -> Iterator[EmptyCluster]:
+    documents = discovery_documents()
+    requested: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.partition("?")[0]
+            requested.append(path)
+            body = documents.get(path)
+            status = 200 if body is not None else 404
+            if body is None:
+                body = {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Failure",
+                    "reason": "NotFound",
+                    "code": 404,
+                }
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield EmptyCluster(url=f"http://127.0.0.1:{server.server_address[1]}", requested=requested)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def kubectl(cluster: EmptyCluster, home: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("kubectl")
+    if binary is None:
+        pytest.skip("kubectl is not installed (Debian package kubernetes-client)")
+    return subprocess.run(
+        [binary, f"--server={cluster.url}", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+        # a fresh HOME: no user kubeconfig, and kubectl's discovery cache starts empty
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(home)},
+    )
+
+
+def test_kubectl_applies_the_manifest_directory_to_an_empty_cluster(
+    empty_cluster: EmptyCluster, tmp_path: Path
+) -> None:
+    result = kubectl(
+        empty_cluster,
+        tmp_path,
+        "apply",
+        "--dry-run=client",
+        "--validate=false",
+        "-o",
+        "name",
+        "-f",
+        "deploy/manifests/",
+    )
+    assert result.returncode == 0, result.stderr
+    expected = [
+        f"{d['kind'].lower()}{'' if '/' not in d['apiVersion'] else '.' + d['apiVersion'].split('/')[0]}/"
+        f"{d['metadata']['name']}"
+        for d in manifest_documents()
+    ]
+    assert result.stdout.split() == expected
+    # apply looked each object up first, at the path its scope implies
+    assert "/apis/apps/v1/namespaces/kubegate/deployments/kubegate" in empty_cluster.requested
+    assert "/apis/networking.k8s.io/v1/ingressclasses/kubegate" in empty_cluster.requested
+
+
+def test_kubectl_rejects_a_kind_the_cluster_does_not_serve(
+    empty_cluster: EmptyCluster, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(
+        (MANIFESTS / "kubegate.yaml")
+        .read_text(encoding="utf-8")
+        .replace("kind: DaemonSet", "kind: DaemonSett"),
+        encoding="utf-8",
+    )
+    result = kubectl(
+        empty_cluster, tmp_path, "apply", "--dry-run=client", "--validate=false", "-f", str(broken)
+    )
+    assert result.returncode != 0
+    assert 'no matches for kind "DaemonSett" in version "apps/v1"' in result.stderr
 
 
 # --------------------------------------------------------------------------------------------------------
