@@ -199,7 +199,9 @@ def test_clusterip_reaches_every_endpoint_from_pods_and_nodes_and_never_answers_
         assert cluster.seen(cluster.pod(pod).netns, url, 40) == set(ALL_PODS), pod
     for where in (cluster.nodes[0].netns, cluster.pod("node1-pod0").netns):
         ping = cluster.topo.run(where, "ping", "-c", "1", "-W", "1", WEB_CLUSTER_IP, check=False)
+        # no echo reply: the rules reject it, so ping hears "port unreachable" at once
         assert ping.returncode != 0 and "bytes from" not in ping.stdout, ping.stdout
+        assert "Port Unreachable" in ping.stdout, ping.stdout
     # the client outside the cluster has no way to the ClusterIP
     assert cluster.topo.curl(cluster.client, url) is None
 
@@ -239,6 +241,33 @@ def test_loadbalancer_ip_through_the_userspace_listener(env: Env) -> None:
     answers = env.cluster.bodies(env.cluster.client, f"http://{EDGE_LB}/", 20)
     assert None not in answers
     assert set(answers) == {"node1-pod1", "node2-pod1"}
+
+
+def _refused(cluster: Cluster, netns: str, url: str) -> float:
+    """Seconds curl took to be refused; fails when it got an answer or timed out instead."""
+    start = time.monotonic()
+    result = cluster.topo.run(netns, "curl", "-s", "--max-time", "3", url, check=False)
+    took = time.monotonic() - start
+    assert result.returncode == 7, f"{url} from {netns}: curl exit {result.returncode}, not refused (7)"
+    return took
+
+
+def test_a_service_scaled_to_zero_is_refused_at_once_and_comes_back(env: Env) -> None:
+    cluster, manifests = env.cluster, env.manifests
+    node1 = cluster.nodes[0]
+    by_node_port = f"http://{node1.address}:{EDGE_PORT}/"
+    by_cluster_ip = "http://10.96.0.11/"
+    manifests.endpoints("edge", ())
+    deadline = time.monotonic() + CONVERGE_SECONDS
+    while cluster.topo.curl(cluster.client, by_node_port) is not None:
+        assert time.monotonic() < deadline, f"{by_node_port} still answered {CONVERGE_SECONDS} s later"
+        time.sleep(0.1)
+    # refused (TCP reset), not left to time out: a client learns at once that nothing serves it
+    assert _refused(cluster, cluster.client, by_node_port) < 1.0
+    assert _refused(cluster, cluster.pod("node2-pod0").netns, by_cluster_ip) < 1.0
+    manifests.endpoints("edge", ("node1-pod1", "node2-pod1"))
+    cluster.wait_seen(cluster.client, by_node_port, {"node1-pod1", "node2-pod1"}, CONVERGE_SECONDS)
+    cluster.wait_seen(cluster.client, f"http://{EDGE_LB}/", {"node1-pod1", "node2-pod1"}, CONVERGE_SECONDS)
 
 
 def _one_flow(lines: list[ProbeLine]) -> set[str]:
