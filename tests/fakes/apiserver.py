@@ -117,7 +117,7 @@ def _strip_type(obj: Obj) -> Obj:
 
 def _parse_version(value: str, what: str = "resourceVersion") -> int:
     if not value.isdigit():
-        raise errors.bad_request(f"invalid {what} {value!r}: the fake API server issues integer versions")
+        raise errors.bad_request(f"invalid {what} {value!r}: expected a non-negative integer")
     return int(value)
 
 
@@ -166,14 +166,22 @@ class _Handler(BaseHTTPRequestHandler):
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             chunks: list[bytes] = []
             while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                line = self.rfile.readline().split(b";")[0].strip()
+                try:
+                    size = int(line or b"0", 16)
+                except ValueError:
+                    self.close_connection = True  # the stream is out of step; do not read another request
+                    raise errors.bad_request(f"invalid chunk size {line!r} in the request body") from None
                 if size == 0:
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
                     return b"".join(chunks)
                 chunks.append(self.rfile.read(size))
                 self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
+        declared = self.headers.get("Content-Length") or "0"
+        if not declared.isdigit():
+            raise errors.bad_request(f"invalid Content-Length {declared!r}")
+        length = int(declared)
         return self.rfile.read(length) if length else b""
 
     def _json_body(self, raw: bytes) -> Any:
@@ -189,8 +197,8 @@ class _Handler(BaseHTTPRequestHandler):
         owner.requests.append((self.command, self.path))
         url = urllib.parse.urlsplit(self.path)
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query, keep_blank_values=True).items()}
-        raw = self._read_body() if self.command in ("POST", "PUT", "PATCH", "DELETE") else b""
         try:
+            raw = self._read_body() if self.command in ("POST", "PUT", "PATCH", "DELETE") else b""
             if query.get("dryRun"):
                 raise errors.bad_request("dryRun is not supported by the fake API server")
             if not self._discovery(url.path):
@@ -303,8 +311,12 @@ class _Handler(BaseHTTPRequestHandler):
         elif method == "PATCH":
             self._patch(target, query, raw)
         elif method == "DELETE" and not status:
-            options = json.loads(raw) if raw.strip() else {}
-            preconditions = (options.get("preconditions") if isinstance(options, dict) else None) or {}
+            options = self._json_body(raw) if raw.strip() else {}
+            if not isinstance(options, dict):
+                raise errors.bad_request("DeleteOptions must be a JSON object")
+            preconditions = options.get("preconditions") or {}
+            if not isinstance(preconditions, dict):
+                raise errors.bad_request("DeleteOptions.preconditions must be an object")
             deleted, obj = cluster.delete(
                 resource,
                 namespace,
@@ -445,7 +457,9 @@ class _Handler(BaseHTTPRequestHandler):
         if initial_events:
             since = None
         bookmarks = query.get("allowWatchBookmarks") == "true"
-        timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else None
+        timeout = None
+        if query.get("timeoutSeconds"):
+            timeout = float(_parse_version(query["timeoutSeconds"], "timeoutSeconds"))
         resource = target.resource
         self._as_table = self._table_wanted()
         self._include_object = query.get("includeObject", "")
