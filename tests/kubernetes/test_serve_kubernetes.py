@@ -216,6 +216,15 @@ async def eventually(
     raise AssertionError(f"GET {path}: still {last} after {seconds} s, expected {expected}")
 
 
+async def watching(api: FakeApiServer, gw: Gateway) -> None:
+    """Until every informer has its watch open on the fake (the first list alone does not mean that)."""
+    informers = source_of(gw).informers
+    deadline = time.monotonic() + 5
+    while api.watch_count() < len(informers):
+        assert time.monotonic() < deadline, f"{api.watch_count()} watches open"
+        await asyncio.sleep(0.01)
+
+
 def problems(gw: Gateway) -> list[str]:
     return [str(problem) for problem in gw.reconciler.last_problems]
 
@@ -273,12 +282,16 @@ async def test_a_dropped_watch_resumes_without_a_relist(api: FakeApiServer, tmp_
         api.create(ingress("web", ("/foo", "s1")))
         async with gateway(api, tmp_path) as gw:
             assert await fetch(gw, "/foo") == (200, "one")
+            await watching(api, gw)
             api.drop_watches(abrupt=True)
             api.replace(ingress("web", ("/foo", "s2")))
             await eventually(gw, "/foo", (200, "two"))
             informers = source_of(gw).informers
-            assert all(informer.lists == 1 for informer in informers)
-            assert all(informer.watches >= 2 for informer in informers)
+            deadline = time.monotonic() + 5
+            while not all(informer.watches >= 2 for informer in informers):
+                assert time.monotonic() < deadline, [(str(i), i.watches) for i in informers]
+                await asyncio.sleep(0.02)
+            assert all(informer.lists == 1 for informer in informers), [(str(i), i.lists) for i in informers]
 
 
 async def test_a_deletion_in_a_compacted_gap_is_noticed(api: FakeApiServer, tmp_path: Path) -> None:
@@ -313,10 +326,14 @@ async def test_a_410_mid_stream_relists(api: FakeApiServer, tmp_path: Path) -> N
         api.create(ingress("web", ("/foo", "s1")))
         async with gateway(api, tmp_path) as gw:
             assert await fetch(gw, "/foo") == (200, "one")
+            await watching(api, gw)
             api.expire_watches()
             api.replace(ingress("web", ("/foo", "s2")))
             await eventually(gw, "/foo", (200, "two"))
-            assert all(informer.expirations >= 1 for informer in source_of(gw).informers)
+            informers = source_of(gw).informers
+            assert all(informer.expirations >= 1 for informer in informers), [
+                (str(i), i.expirations) for i in informers
+            ]
 
 
 async def test_a_bad_object_is_reported_and_the_others_keep_serving(

@@ -191,6 +191,8 @@ class Informer:
         self.expirations = 0
         self.failures = 0
         self.last_error = ""
+        # events received on the current (or last) watch stream
+        self._events_in_stream = 0
 
     @property
     def path(self) -> str:
@@ -213,6 +215,13 @@ class Informer:
                 log.info("%s: resourceVersion %s expired; listing again", self, self.resource_version)
                 must_list = True
             except ApiFailure as error:
+                if self._events_in_stream:
+                    # a stream that was delivering broke (dropped connection): resume at once; only
+                    # failing again without an event backs off
+                    self.failures += 1
+                    self.last_error = str(error)
+                    log.info("%s: %s; resuming from %s", self, error, self.resource_version)
+                    continue
                 await self._back_off(str(error))
             except Exception as error:
                 # a bug (or an error type we did not foresee) must not stop this kind from being watched
@@ -304,6 +313,7 @@ class Informer:
         }
         timeout = httpx2.Timeout(10.0, read=self.watch_timeout_seconds + WATCH_READ_MARGIN_SECONDS)
         request = self.http.build_request("GET", self.path, params=params, timeout=timeout)
+        self._events_in_stream = 0
         try:
             response = await self.http.send(request, stream=True)
         except httpx2.HTTPError as error:
@@ -319,6 +329,7 @@ class Informer:
                 )
             self.backoff.reset()
             async for event in self._events(response):
+                self._events_in_stream += 1
                 self._apply(event)
         finally:
             await response.aclose()
