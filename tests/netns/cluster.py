@@ -53,9 +53,10 @@ S((sys.argv[1], 8080), H).serve_forever()
 """
 
 # a probe held open in a namespace: one GET every INTERVAL seconds until stdin closes (or MAX seconds),
-# one line per request: "ok <local port> <body>" or "fail <local port> <error>". Mode "keep" sends every
-# request on one keep-alive connection (the local port shows it stayed the same TCP flow); mode "new"
-# opens a new connection for each.
+# one line per request: "ok <local port> <unix time> <body>" or "fail <local port> <unix time> <error>".
+# Mode "keep" sends every request on one keep-alive connection (the local port shows it stayed the same
+# TCP flow); mode "new" opens a new connection for each. The time (one clock for every namespace) tells
+# which requests came after a change.
 PROBE = """
 import http.client, sys, threading, time
 host, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -73,9 +74,9 @@ while not done.is_set() and time.monotonic() < deadline:
         local = conn.sock.getsockname()[1]
         conn.request("GET", "/")
         body = conn.getresponse().read().decode()
-        print("ok", local, body, flush=True)
+        print("ok", local, time.time(), body, flush=True)
     except Exception as error:
-        print("fail", local, type(error).__name__, error, flush=True)
+        print("fail", local, time.time(), type(error).__name__, error, flush=True)
         conn.close() if conn is not None else None
         conn = None
     if mode == "new" and conn is not None:
@@ -106,41 +107,58 @@ class Node:
 class ProbeLine:
     ok: bool
     local_port: int
+    at: float  # unix time the request finished
     text: str
 
 
 @dataclass
 class Probe:
-    """A probe process (see PROBE) and what it printed so far."""
+    """A probe process (see PROBE) and what it printed so far. Its output is read from the raw pipe
+    (select, then os.read), never through a buffered reader that select cannot see into."""
 
-    process: subprocess.Popen[str]
+    process: subprocess.Popen[bytes]
     lines: list[ProbeLine] = field(default_factory=list)
+    _partial: bytes = b""
 
-    def _take(self, raw: str) -> None:
-        status, _, rest = raw.strip().partition(" ")
-        port, _, text = rest.partition(" ")
-        self.lines.append(ProbeLine(status == "ok", int(port or 0), text))
+    def _read(self, deadline: float) -> bool:
+        """Take whatever output arrives before `deadline`; False at end of output or deadline."""
+        assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return False
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return False
+        *complete, self._partial = (self._partial + chunk).split(b"\n")
+        for raw in complete:
+            status, port, at, text = [*raw.decode(errors="replace").split(" ", 3), "", "", ""][:4]
+            self.lines.append(ProbeLine(status == "ok", int(port or 0), float(at or 0), text))
+        return True
 
     def wait_first(self, seconds: float = 10) -> ProbeLine:
         """The first line, waiting at most `seconds` for it."""
-        assert self.process.stdout is not None
         deadline = time.monotonic() + seconds
         while not self.lines:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.process.stdout], [], [], left)[0]:
-                raise RuntimeError(f"probe printed nothing in {seconds} s")
-            raw = self.process.stdout.readline()
-            if not raw:
-                raise RuntimeError("probe exited before its first request")
-            self._take(raw)
+            if not self._read(deadline):
+                raise RuntimeError(f"probe printed nothing within {seconds} s")
         return self.lines[0]
+
+    def wait_after(self, moment: float, count: int = 3, seconds: float = 10) -> None:
+        """Wait until `count` requests finished after unix time `moment` (at most `seconds`)."""
+        deadline = time.monotonic() + seconds
+        while sum(line.at > moment for line in self.lines) < count:
+            if not self._read(deadline):
+                raise RuntimeError(f"probe made no {count} requests after the change within {seconds} s")
 
     def stop(self, seconds: float = 10) -> list[ProbeLine]:
         """Close its stdin (the probe's stop signal) and collect every line."""
-        rest, _ = self.process.communicate(timeout=seconds)
-        for raw in rest.splitlines():
-            if raw.strip():
-                self._take(raw)
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        deadline = time.monotonic() + seconds
+        while self._read(deadline):
+            pass
+        self.process.wait(max(0.1, deadline - time.monotonic()))
         return self.lines
 
 
@@ -326,7 +344,6 @@ class Cluster:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            text=True,
         )
         probe = Probe(process)
         self.probes.append(probe)
