@@ -230,7 +230,7 @@ class Cluster:
         metadata = body.get("metadata")
         if not isinstance(metadata, dict):
             metadata = {}
-        metadata = dict(metadata)
+        metadata = copy.deepcopy(metadata)  # the caller keeps its dicts; the stored object owns its own
         with self.lock:
             if not metadata.get("name"):
                 prefix = metadata.get("generateName")

@@ -145,7 +145,18 @@ def _dig(path: str) -> Callable[[Mapping[str, Any]], str]:
 _EXTRA_FIELDS: dict[str, tuple[str, ...]] = {
     "Pod": ("spec.nodeName", "spec.serviceAccountName", "status.phase", "status.podIP"),
     "Secret": ("type",),
-    "Event": ("involvedObject.kind", "involvedObject.name", "involvedObject.namespace", "reason", "type"),
+    "Event": (
+        "involvedObject.apiVersion",
+        "involvedObject.fieldPath",
+        "involvedObject.kind",
+        "involvedObject.name",
+        "involvedObject.namespace",
+        "involvedObject.resourceVersion",
+        "involvedObject.uid",
+        "reason",
+        "reportingComponent",
+        "type",
+    ),
     "Node": ("spec.unschedulable",),
     "Namespace": ("status.phase",),
 }

@@ -327,3 +327,14 @@ def test_direct_manipulation_tells_watchers(server: FakeApiServer) -> None:
 def test_requests_are_recorded(server: FakeApiServer) -> None:
     call(server.url, "GET", "/api/v1/services?limit=500")
     assert ("GET", "/api/v1/services?limit=500") in server.requests
+
+
+def test_stored_objects_do_not_share_dicts_with_callers(server: FakeApiServer) -> None:
+    mine = service("web", {"app": "web"})
+    server.create(mine)
+    mine["metadata"]["labels"]["app"] = "changed"
+    fetched = server.get("v1", "Service", "default", "web")
+    assert fetched is not None and fetched["metadata"]["labels"] == {"app": "web"}
+    fetched["spec"]["ports"].clear()
+    again = server.get("v1", "Service", "default", "web")
+    assert again is not None and again["spec"]["ports"][0]["port"] == 80

@@ -263,3 +263,34 @@ def test_namespaced_and_cluster_scoped_resources_from_stdin(kubectl: Kubectl) ->
     assert kubectl.server.get("networking.k8s.io/v1", "IngressClass", "", "kubegate") is not None
     kubectl.ok("delete", "namespace", "apps")
     assert kubectl.server.get("v1", "ConfigMap", "apps", "settings") is None
+
+
+def test_describe_lists_the_objects_events(kubectl: Kubectl) -> None:
+    kubectl.ok("create", "-f", kubectl.write("svc.yaml", SERVICE))
+    service = kubectl.server.get("v1", "Service", "default", "web")
+    assert service is not None
+    kubectl.server.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": "web.1", "namespace": "default"},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "namespace": "default",
+                "name": "web",
+                "uid": service["metadata"]["uid"],
+            },
+            "reason": "Synced",
+            "message": "routes published by kubegate",
+            "type": "Normal",
+            "source": {"component": "kubegate"},
+            "count": 1,
+        }
+    )
+    described = kubectl.ok("describe", "service", "web")
+    assert "IP:                       10.96." in described
+    events = described.split("Events:", 1)[1].splitlines()
+    assert any(
+        line.split()[:2] == ["Normal", "Synced"] and "routes published by kubegate" in line for line in events
+    )
