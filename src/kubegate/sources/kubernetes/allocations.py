@@ -8,12 +8,15 @@ Services. Instead:
 - A LoadBalancer IP kubegate hands out is recorded in the Service's ``status.loadBalancer.ingress``, and
   nowhere else. ``allocations_from_cluster`` reads these back as the translator's ``previous``
   allocations, so every replica, and every new leader, starts from what the cluster shows.
-- Only the leader hands out new LoadBalancer IPs (and writes them, see ``status_writer``). A follower runs
-  the same translation and then applies ``follower_view``, which keeps only the LoadBalancer IPs already
-  written to each Service's status: a follower never serves an address the leader may give to another
-  Service. Once the leader's write arrives through the follower's informer, the follower serves it too.
+- Only the leader hands out new LoadBalancer IPs, by writing the translation's statuses (see
+  ``status_writer``, which also refuses claims its possibly stale view cannot see are taken).
+- Every replica, the leader included, serves ``restrict_to_status(translation, snapshot)``: the
+  translation with only the LoadBalancer IPs already written to each Service's status. A follower thus
+  never serves an address the leader may give to another Service, and the leader does not serve a claim
+  the API server has not accepted (a refused or failed write). Once the write arrives through the
+  informer, the next translation serves it, one watch event later.
 
-The translator itself is unchanged: ``follower_view`` post-processes its result.
+The translator itself is unchanged: ``restrict_to_status`` post-processes its result.
 """
 
 from __future__ import annotations
@@ -104,9 +107,10 @@ def allocations_from_cluster(snapshot: Snapshot, options: Options) -> Allocation
     )
 
 
-def follower_view(translation: Translation, snapshot: Snapshot) -> Translation:
-    """``translation`` as a follower may serve it: each LoadBalancer Service keeps only the IPs its status
-    already shows, in the routing table, in ``service_status`` and in ``allocations``.
+def restrict_to_status(translation: Translation, snapshot: Snapshot) -> Translation:
+    """``translation`` as a replica may serve it: each LoadBalancer Service keeps only the IPs its status
+    already shows, in the routing table, in ``service_status`` and in ``allocations``. Write statuses
+    from the unrestricted translation (on the leader); publish this one to the data planes.
 
     Returns ``translation`` itself when nothing had to be removed (the usual case once the leader has
     written every status), so callers can compare by identity.

@@ -37,7 +37,7 @@ from lightkube.types import PatchType
 from kubegate.objects.kinds import Ingress, Service
 from kubegate.objects.meta import ObjectKey
 from kubegate.objects.snapshot import Snapshot
-from kubegate.sources.kubernetes.allocations import in_pools
+from kubegate.sources.kubernetes.allocations import in_pools, shown_load_balancer_ips
 from kubegate.translate.context import Options, Translation
 
 log = logging.getLogger("kubegate.kubernetes.status")
@@ -112,6 +112,8 @@ class StatusPatch:
     seen_version: str = ""
     # IPs the object does not show yet: a claim, checked against a fresh list first
     claims: tuple[str, ...] = ()
+    # the IPs the snapshot showed for it, to tell whether the snapshot is stale
+    shown: tuple[str, ...] = ()
 
     @property
     def key(self) -> ObjectKey:
@@ -157,7 +159,8 @@ def plan_status(
             continue
         claims = tuple(address for address in wanted if address not in shown)
         target = clears if not wanted else sets
-        target.append(StatusPatch("Service", namespace, name, wanted, version, claims))
+        ips = shown_load_balancer_ips(service)
+        target.append(StatusPatch("Service", namespace, name, wanted, version, claims, ips))
 
     our_addresses = {address for addresses in translation.ingress_status.values() for address in addresses}
     our_addresses.update(options.publish_addresses)
@@ -176,21 +179,31 @@ def plan_status(
 
 
 def refuse_taken(
-    patches: Iterable[StatusPatch], holders: Mapping[str, tuple[str, str]]
+    patches: Iterable[StatusPatch], fresh: Mapping[tuple[str, str], tuple[str, ...]]
 ) -> tuple[list[StatusPatch], list[tuple[StatusPatch, str]]]:
-    """Split patches into those that may be sent and claims on an IP that ``holders`` (IP -> the Service
-    showing it, from a fresh list) gives to another Service, with the reason."""
+    """Split claiming patches into those that may be sent and those refused, with the reason, given
+    ``fresh``: the IPs each Service's status shows, read from the API server just now.
+
+    Refused: a claim on an IP another Service shows, and any claim for a Service whose status changed
+    since the snapshot was taken (the view is stale; the next pass decides on a fresher one, instead of
+    moving a Service off an address on old information).
+    """
+    holders: dict[str, tuple[str, str]] = {}
+    for key, ips in sorted(fresh.items()):
+        for ip in ips:
+            holders.setdefault(ip, key)
     allowed: list[StatusPatch] = []
     refused: list[tuple[StatusPatch, str]] = []
     for patch in patches:
-        taken = [
-            (ip, holders[ip])
-            for ip in patch.claims
-            if ip in holders and holders[ip] != (patch.namespace, patch.name)
-        ]
+        key = (patch.namespace, patch.name)
+        now_shown = fresh.get(key, ())
+        taken = [(ip, holders[ip]) for ip in patch.claims if ip in holders and holders[ip] != key]
         if taken:
             ip, (namespace, name) = taken[0]
             refused.append((patch, f"{ip} is already shown in the status of Service {namespace}/{name}"))
+        elif now_shown != patch.shown:
+            shown_text = ", ".join(now_shown) or "nothing"
+            refused.append((patch, f"its status changed to {shown_text} since the snapshot; waiting for it"))
         else:
             allowed.append(patch)
     return allowed, refused
@@ -290,10 +303,10 @@ class StatusWriter:
             if not await self._send(patch, report):
                 return report
         if claiming:
-            holders = await self._fresh_holders(report)
-            if holders is None:
+            fresh = await self._fresh_status(report)
+            if fresh is None:
                 return report
-            allowed, refused = refuse_taken(claiming, holders)
+            allowed, refused = refuse_taken(claiming, fresh)
             for patch, why in refused:
                 log.warning("not writing %s to %s: %s", ", ".join(patch.claims), patch.key, why)
                 report.refused.append((patch.key, why))
@@ -308,24 +321,24 @@ class StatusWriter:
         written = self._written.get(patch.key)
         return written is not None and written == _Written(patch.addresses, patch.seen_version)
 
-    async def _fresh_holders(self, report: WriteReport) -> dict[str, tuple[str, str]] | None:
-        """IP -> the Service whose status shows it, read from the API server now (None: cannot)."""
+    async def _fresh_status(self, report: WriteReport) -> dict[tuple[str, str], tuple[str, ...]] | None:
+        """The IPs each Service's status shows, read from the API server now (None: cannot)."""
         namespace = self._namespace if self._namespace is not None else ALL_NS
         for attempt in range(self._attempts):
             if not self._is_leader():
                 report.not_leader = True
                 return None
             try:
-                holders: dict[str, tuple[str, str]] = {}
+                fresh: dict[tuple[str, str], tuple[str, ...]] = {}
                 async with asyncio.timeout(self._request_timeout * 3):
                     async for service in self._client.list(ApiService, namespace=namespace):
                         metadata, status = service.metadata, service.status
                         if metadata is None or status is None or status.loadBalancer is None:
                             continue
-                        for entry in status.loadBalancer.ingress or ():
-                            if entry.ip:
-                                holders.setdefault(entry.ip, (metadata.namespace or "", metadata.name or ""))
-                return holders
+                        ips = tuple(entry.ip for entry in status.loadBalancer.ingress or () if entry.ip)
+                        if ips:
+                            fresh[(metadata.namespace or "", metadata.name or "")] = ips
+                return fresh
             except API_FAILURES as error:
                 if not is_transient(error) or attempt + 1 == self._attempts:
                     why = f"cannot list Services to check new LoadBalancer IPs: {describe_failure(error)}"
