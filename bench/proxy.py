@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import re
 import shutil
@@ -46,6 +47,50 @@ class Result:
     # counts a connection the server closes as a read error, a request slower than 2 s as a timeout
     socket_errors: dict[str, int]
     non2xx: int
+    requests: int = 0
+    # CPU time the proxy's processes spent per request during the run (user + system), in µs: unlike
+    # req/s it hardly moves when other work shares the machine, so it compares the proxies' efficiency
+    # even on a busy host. 0 when not measured (direct).
+    cpu_us_per_request: float = 0.0
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants (nginx's workers are children)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # the command name is in parentheses and may hold spaces: split after its closing one
+        fields = stat.rsplit(")", 1)[1].split()
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    total = 0.0
+    wanted = {pid}
+    changed = True
+    while changed:
+        changed = False
+        for child, parent in parents.items():
+            if parent in wanted and child not in wanted:
+                wanted.add(child)
+                changed = True
+    for member in wanted:
+        total += times.get(member, 0.0)
+    return total
+
+
+def measured(proc: subprocess.Popen[bytes], port: int, seconds: int, connections: int) -> Result:
+    """One wrk run against a proxy, with the proxy's CPU time per request."""
+    before = tree_cpu_seconds(proc.pid)
+    result = run_wrk(port, seconds, connections, cpu=0)
+    spent = tree_cpu_seconds(proc.pid) - before
+    per_request = spent / result.requests * 1e6 if result.requests else 0.0
+    return dataclasses.replace(result, cpu_us_per_request=per_request)
 
 
 def free_port() -> int:
@@ -159,14 +204,16 @@ def process(argv: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
 
 def nginx(
     workdir: Path, name: str, body: str, port: int, cpu: int
-) -> contextlib.AbstractContextManager[object]:
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
     conf = workdir / f"nginx-{name}.conf"
     conf.write_text(NGINX_COMMON.format(dir=workdir, name=name, body=body))
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     return process(pinned(cpu, [binary, "-c", str(conf), "-p", str(workdir)]), port)
 
 
-def kubegate(workdir: Path, backend: int, port: int, cpu: int) -> contextlib.AbstractContextManager[object]:
+def kubegate(
+    workdir: Path, backend: int, port: int, cpu: int
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
     manifests = workdir / "manifests"
     manifests.mkdir(exist_ok=True)
     (manifests / "bench.yaml").write_text(MANIFESTS.format(backend=backend, host=HOST))
@@ -217,6 +264,7 @@ def run_wrk(port: int, seconds: int, connections: int, cpu: int) -> Result:
     non2xx_match = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     non2xx = int(non2xx_match.group(1)) if non2xx_match else 0
     errors = sum(socket_errors.values()) + non2xx
+    total = re.search(r"(\d+) requests in", out)
     return Result(
         float(rps.group(1)),
         latency.get("50", 0.0),
@@ -224,6 +272,7 @@ def run_wrk(port: int, seconds: int, connections: int, cpu: int) -> Result:
         errors,
         socket_errors,
         non2xx,
+        int(total.group(1)) if total else 0,
     )
 
 
@@ -321,12 +370,12 @@ def main() -> int:
                 results["direct"].append(run_wrk(backend_port, args.seconds, args.connections, cpu=0))
                 port = free_port()
                 body = NGINX_PROXY.format(backend=backend_port, port=port, host=HOST)
-                with nginx(workdir, "proxy", body, port, cpu=1):
-                    results["nginx"].append(run_wrk(port, args.seconds, args.connections, cpu=0))
+                with nginx(workdir, "proxy", body, port, cpu=1) as proc:
+                    results["nginx"].append(measured(proc, port, args.seconds, args.connections))
                 port = free_port()
-                with kubegate(workdir, backend_port, port, cpu=1):
+                with kubegate(workdir, backend_port, port, cpu=1) as proc:
                     run_wrk(port, 1, args.connections, cpu=0)  # warm-up
-                    results["kubegate"].append(run_wrk(port, args.seconds, args.connections, cpu=0))
+                    results["kubegate"].append(measured(proc, port, args.seconds, args.connections))
                 print(f"round {round_no}/{args.rounds} done", file=sys.stderr)
             if args.profile and spy is not None:
                 profile(spy, workdir, backend_port, args)
@@ -342,12 +391,13 @@ def print_table(results: dict[str, list[Result]], args: argparse.Namespace) -> N
         f"\nwrk -t1 -c{args.connections} -d{args.seconds}s, keep-alive, {len(BODY)}-byte responses, "
         f"median of {args.rounds} interleaved rounds"
     )
-    print(f"{'target':<10} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    print(f"{'target':<10} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU us/req':>11}")
     for name, runs in results.items():
         errors = sum(r.errors for r in runs)
+        cpu = median(name, "cpu_us_per_request")
         print(
             f"{name:<10} {median(name, 'requests_per_second'):>10.0f} {median(name, 'p50_ms'):>8.2f} "
-            f"{median(name, 'p99_ms'):>8.2f} {errors:>7}"
+            f"{median(name, 'p99_ms'):>8.2f} {errors:>7} {f'{cpu:.1f}' if cpu else '-':>11}"
         )
     for name, runs in results.items():
         for round_no, r in enumerate(runs, 1):
@@ -358,6 +408,11 @@ def print_table(results: dict[str, list[Result]], args: argparse.Namespace) -> N
     p99_ratio = median("kubegate", "p99_ms") / max(median("nginx", "p99_ms"), 1e-9)
     print(f"\nkubegate/nginx req/s: {rps_ratio:.2f}x (target >= 0.60x)")
     print(f"kubegate/nginx p99:   {p99_ratio:.2f}x (target <= 2.00x)")
+    cpu_ratio = median("nginx", "cpu_us_per_request") / max(median("kubegate", "cpu_us_per_request"), 1e-9)
+    print(
+        f"nginx/kubegate CPU per request: {cpu_ratio:.2f}x (the req/s ratio both would reach CPU-bound on "
+        "an otherwise idle core; robust to other load on the machine)"
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kubegate.ir.model import EndpointTable
+from kubegate.planes.proxy.forward import ResponseHead
 from kubegate.planes.proxy.router import Match
 from kubegate.planes.proxy.server import ClientConnection, ProxyServer, _Request
 from tests.proxy.helpers import prefix, table_for
@@ -28,6 +29,14 @@ def parse_head(head: bytes) -> tuple[bytes, list[tuple[str, str]]]:
     assert lines[-2:] == [b"", b""]
     pairs = [line.decode().split(": ", 1) for line in lines[1:-2]]
     return lines[0], [(n, v) for n, v in pairs]
+
+
+def head_of(headers: list[tuple[bytes, bytes]]) -> ResponseHead:
+    """A response head classified the way the upstream connection does it while parsing."""
+    head = ResponseHead()
+    for name, value in headers:
+        head.add(name, value)
+    return head
 
 
 def connection_named(headers: list[tuple[str, str]]) -> set[str]:
@@ -85,7 +94,7 @@ def test_response_head_reframes(headers: list[tuple[str, str]], status: int, ver
     CONN.resp_keep_alive = True
     CONN.resp_head = None
     raw = [(n.encode(), v.encode()) for n, v in headers]
-    CONN.upstream_headers(status, raw, False)
+    CONN.upstream_headers(status, head_of(raw), False)
     CONN.upstream_flush()
     line, out = parse_head(bytes(transport.out))
     assert line.startswith(b"HTTP/1.1 %d " % status)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from kubegate.planes.proxy.router import BadPath, Router
 from kubegate.planes.proxy.server import _Request
 from tests.proxy.helpers import prefix, table_for
-from tests.proxy.test_headers import CONN, parse_head
+from tests.proxy.test_headers import CONN, head_of, parse_head
 from tests.proxy.test_protocol import FakeTransport
 
 ROUTER_TABLE = table_for(
@@ -70,7 +70,7 @@ def test_response_connection_tokens_drop_named_headers_only() -> None:
         (b"Connection", b"X-Secret"),
         (b"X-Kept", b"2"),
     ]
-    CONN.upstream_headers(200, headers, False)
+    CONN.upstream_headers(200, head_of(headers), False)
     CONN.upstream_flush()
     line, out = parse_head(bytes(transport.out))
     assert line == b"HTTP/1.1 200 OK"

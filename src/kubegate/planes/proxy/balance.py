@@ -45,6 +45,11 @@ class Health:
         if self._records:
             self._records.pop(address, None)
 
+    @property
+    def any_ejected(self) -> bool:
+        """False while every endpoint is healthy: the common case, which pickers skip checks for."""
+        return bool(self._records)
+
     def ejected(self, address: Address) -> bool:
         record = self._records.get(address)
         return record is not None and record[1] > self._clock()
@@ -58,6 +63,9 @@ class Balancer:
     """Round robin; the base of the others."""
 
     __slots__ = ("_health", "_next", "addresses")
+
+    # whether started()/finished() must be called for each request (least-request counts them)
+    counts_requests = False
 
     def __init__(self, endpoints: Iterable[Endpoint], health: Health) -> None:
         self.addresses: tuple[Address, ...] = tuple(_address(e) for e in endpoints)
@@ -73,6 +81,10 @@ class Balancer:
         if n == 0:
             return None
         start = self._next
+        if not exclude and not self._health.any_ejected:
+            # nothing to skip: the next in turn
+            self._next = (start + 1) % n
+            return addresses[start % n]
         for i in range(n):
             candidate = addresses[(start + i) % n]
             if self._usable(candidate, exclude):
@@ -96,6 +108,8 @@ class Balancer:
 
 class LeastRequest(Balancer):
     __slots__ = ("_active",)
+
+    counts_requests = True
 
     def __init__(self, endpoints: Iterable[Endpoint], health: Health) -> None:
         super().__init__(endpoints, health)

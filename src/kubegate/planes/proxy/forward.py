@@ -13,16 +13,61 @@ from typing import Protocol, cast
 
 import httptools
 
+from kubegate.planes.proxy.http import HOP_BY_HOP, connection_value_tokens
+
 Address = tuple[str, int]
 
 # trailer fields kept from one response; more are dropped (a bound on what an upstream can make us hold)
 MAX_TRAILERS = 100
 
 
+class ResponseHead:
+    """A response head as read, classified once while it is parsed (one pass, no second loop over the
+    headers): the end-to-end header lines ready to relay, and the facts the client side needs."""
+
+    __slots__ = ("has_length", "headers", "hsts", "lines", "tokens", "transfer_encoding", "upgrade")
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        # name, b": ", value, b"\r\n" per end-to-end header, in order (hop-by-hop ones left out)
+        self.lines: list[bytes] = []
+        self.has_length = False
+        self.transfer_encoding = False
+        self.hsts = False
+        self.upgrade = b""
+        # tokens of the Connection headers beyond keep-alive/close (they name headers to drop)
+        self.tokens: set[bytes] | None = None
+
+    def add(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == b"transfer-encoding":
+                self.transfer_encoding = True
+            elif lname == b"connection":
+                tokens = connection_value_tokens(value)
+                if tokens:
+                    self.tokens = tokens if self.tokens is None else self.tokens | tokens
+            elif lname == b"upgrade":
+                self.upgrade = value
+            return
+        if lname == b"content-length":
+            self.has_length = True
+        elif lname == b"strict-transport-security":
+            self.hsts = True
+        self.lines += (name, b": ", value, b"\r\n")
+
+    def without(self, names: set[bytes]) -> ResponseHead:
+        """The same head without the named headers (those a Connection header lists)."""
+        head = ResponseHead()
+        for name, value in self.headers:
+            if name.lower() not in names:
+                head.add(name, value)
+        return head
+
+
 class ResponseSink(Protocol):
-    def upstream_headers(
-        self, status: int, headers: list[tuple[bytes, bytes]], until_close: bool
-    ) -> None: ...
+    def upstream_headers(self, status: int, head: ResponseHead, until_close: bool) -> None: ...
     def upstream_body(self, data: bytes) -> None: ...
     def upstream_complete(self, keep_alive: bool, trailers: list[tuple[bytes, bytes]] | None) -> None: ...
     def upstream_upgraded(self, rest: bytes) -> None: ...
@@ -37,7 +82,6 @@ class UpstreamConnection(asyncio.Protocol):
         "_complete",
         "_expire",
         "_head",
-        "_headers",
         "_idle_deadline",
         "_idle_timer",
         "_last_activity",
@@ -47,6 +91,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_read_timeout",
         "_read_timer",
         "_reading_paused",
+        "_resp",
         "_skip_interim",
         "_status",
         "_trailers",
@@ -70,7 +115,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpResponseParser(self)
         self._parser_reusable = True
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._resp = ResponseHead()
         # trailer fields of a chunked response, relayed after its last chunk
         self._trailers: list[tuple[bytes, bytes]] | None = None
         self._status = 0
@@ -107,7 +152,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.resume_reading()
         self._head = head_request
         self._complete = False
-        self._headers = []
+        self._resp = ResponseHead()
         self._trailers = None
         self._status = 0
         self._until_close = False
@@ -271,7 +316,7 @@ class UpstreamConnection(asyncio.Protocol):
     # --- parser callbacks -------------------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._status == 0:
-            self._headers.append((name, value))
+            self._resp.add(name, value)
         elif self._trailers is None:
             self._trailers = [(name, value)]
         elif len(self._trailers) < MAX_TRAILERS:
@@ -282,21 +327,15 @@ class UpstreamConnection(asyncio.Protocol):
         if 100 <= status < 200 and status != 101:
             # interim responses (100 Continue answered by us, 103 hints) are not relayed
             self._skip_interim = True
-            self._headers = []
+            self._resp = ResponseHead()
             return
         self._status = status
-        headers = self._headers
+        head = self._resp
         no_body = self._head or status in (204, 304)
         if not no_body and status != 101:
-            framed = False
-            for name, _ in headers:
-                lname = name.lower()
-                if lname in (b"content-length", b"transfer-encoding"):
-                    framed = True
-                    break
-            self._until_close = not framed
+            self._until_close = not (head.has_length or head.transfer_encoding)
         if self.sink is not None:
-            self.sink.upstream_headers(status, headers, self._until_close)
+            self.sink.upstream_headers(status, head, self._until_close)
         if self._head and self.sink is not None:
             # a HEAD response announces a length but has no body: the parser cannot know, so
             # finish here and start a fresh parser for the next exchange

@@ -136,13 +136,16 @@ def error_response(status: int, message: str, *, close: bool, head: bool = False
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-def connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
-    """Lower-cased tokens of all Connection headers."""
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
-    return tokens
+_USUAL_CONNECTION = frozenset({b"keep-alive", b"close"})
+
+
+def connection_value_tokens(value: bytes) -> set[bytes] | None:
+    """The tokens of one Connection header value, None for the usual lone keep-alive or close (which
+    name no header)."""
+    lowered = value.lower()
+    if lowered in _USUAL_CONNECTION:
+        return None
+    return {t.strip() for t in lowered.split(b",")}
 
 
 class TrustedNetworks:

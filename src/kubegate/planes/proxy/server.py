@@ -22,7 +22,7 @@ import httptools
 
 from kubegate.ir.model import Backend, EndpointTable, RoutingTable
 from kubegate.planes.proxy.balance import Address, Balancer, Clusters, Health, hash_key
-from kubegate.planes.proxy.forward import UpstreamConnection, connect
+from kubegate.planes.proxy.forward import ResponseHead, UpstreamConnection, connect
 from kubegate.planes.proxy.http import (
     CONTINUE_100,
     FORWARDING,
@@ -481,7 +481,8 @@ class ClientConnection(asyncio.Protocol):
             self.active = nxt
             self.loop.call_soon(self._start, nxt)
         else:
-            self._resume(_PAUSE_QUEUE)
+            if self.paused:
+                self._resume(_PAUSE_QUEUE)
             if not self.in_headers:
                 self._arm(self.settings.keepalive_timeout)
 
@@ -665,8 +666,9 @@ class ClientConnection(asyncio.Protocol):
         """Send the request; the response streams through the ResponseSink callbacks."""
         self.ex_address = address
         self.ex_reused = reused
-        if self.ex_balancer is not None:
-            self.ex_balancer.started(address)
+        balancer = self.ex_balancer
+        if balancer is not None and balancer.counts_requests:
+            balancer.started(address)
         self.upstream = conn
         self.waiting = True
         conn.begin(self, req.method == "HEAD", self.settings.upstream_read_timeout)
@@ -698,8 +700,9 @@ class ClientConnection(asyncio.Protocol):
                 conn.abort()
             return
         try:
-            if self.ex_balancer is not None:
-                self.ex_balancer.finished(address)
+            balancer = self.ex_balancer
+            if balancer is not None and balancer.counts_requests:
+                balancer.finished(address)
             label = _label(address)
             if ok:
                 if conn is not None:
@@ -737,7 +740,8 @@ class ClientConnection(asyncio.Protocol):
     def _complete(self, req: _Request, upstream_label: str) -> None:
         self.upstream = None
         self.forwarding = False
-        self._resume(_PAUSE_UPSTREAM_FULL | _PAUSE_PENDING)
+        if self.paused:
+            self._resume(_PAUSE_UPSTREAM_FULL | _PAUSE_PENDING)
         if req.error is not None and not self.resp_started:
             self._send_error(req, req.error[0], req.error[1], True)
             self.resp_keep_alive = False
@@ -824,26 +828,26 @@ class ClientConnection(asyncio.Protocol):
         return b"".join(parts)
 
     # --- ResponseSink: called by the upstream connection --------------------------------------------
-    def upstream_headers(self, status: int, headers: list[tuple[bytes, bytes]], until_close: bool) -> None:
+    def upstream_headers(self, status: int, head: ResponseHead, until_close: bool) -> None:
         req = self.active
         transport = self.transport
         if req is None or transport is None or self.closed:
             return
         self.resp_status = status
-        parts, has_length, tokens = _response_lines(status, headers, _NO_TOKENS)
-        if tokens and not tokens <= _DROPPED_ANYWAY:
-            parts, has_length, _ = _response_lines(status, headers, tokens)
-        if self.hsts and _wants_hsts(req.match, headers):
+        tokens = head.tokens
+        if tokens is not None and not tokens <= _DROPPED_ANYWAY:
+            head = head.without(tokens)
+        parts = [status_line(status), *head.lines]
+        if self.hsts and not head.hsts and _has_own_certificate(req.match):
             parts += (b"Strict-Transport-Security: ", self.hsts, b"\r\n")
         no_body = req.method == "HEAD" or status in (204, 304) or 100 <= status < 200
         self.resp_chunked = False
         if status == 101:
-            upgrade = next((v for n, v in headers if n.lower() == b"upgrade"), b"")
-            parts += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")
+            parts += (b"Connection: upgrade\r\nUpgrade: ", head.upgrade, b"\r\n")
         else:
             if req.upgrade is not None:
                 self.resp_keep_alive = False  # the client's parser is in upgrade state
-            if not no_body and not has_length:
+            if not no_body and not head.has_length:
                 if req.version == "1.1":
                     self.resp_chunked = True
                     parts.append(b"Transfer-Encoding: chunked\r\n")
@@ -969,34 +973,10 @@ def _label(address: Address) -> str:
     return label
 
 
-def _response_lines(
-    status: int, headers: list[tuple[bytes, bytes]], drop: frozenset[bytes] | set[bytes]
-) -> tuple[list[bytes], bool, set[bytes] | None]:
-    """The status line and the end-to-end header lines of a response, whether it has a
-    Content-Length, and the tokens of its Connection headers (None without any)."""
-    parts = [status_line(status)]
-    has_length = False
-    tokens: set[bytes] | None = None
-    for name, value in headers:
-        lname = name.lower()
-        if lname in HOP_BY_HOP:
-            if lname == b"connection":
-                tokens = _add_tokens(tokens, value)
-            continue
-        if lname in drop:
-            continue
-        if lname == b"content-length":
-            has_length = True
-        parts += (name, b": ", value, b"\r\n")
-    return parts, has_length, tokens
-
-
-def _wants_hsts(match: Match | None, headers: list[tuple[bytes, bytes]]) -> bool:
-    """HSTS goes on responses for hosts served with their own certificate (not the generated default),
-    unless the upstream set its own policy."""
-    if match is None or match.vhost is None or match.vhost.tls_certificate is None:
-        return False
-    return not any(name.lower() == b"strict-transport-security" for name, _ in headers)
+def _has_own_certificate(match: Match | None) -> bool:
+    """HSTS goes only on responses for hosts served with their own certificate, not the generated
+    default one (pinning a browser to a certificate it will reject would lock users out)."""
+    return match is not None and match.vhost is not None and match.vhost.tls_certificate is not None
 
 
 def _choose_backend(choices: tuple[Backend, ...]) -> Backend:
