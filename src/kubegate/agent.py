@@ -1,9 +1,11 @@
 """`kubegate proxy --mode nftables`: the node agent that keeps the kernel's Service rules in line with the
 manifests, like kube-proxy in nftables mode.
 
-Every published translation is rendered and applied as one `nft -f` transaction (validated first); a
-ruleset the kernel refuses is logged and the last good one stays in force. Every few seconds the agent
-checks that nobody changed or removed its table and re-applies it if so. On SIGTERM it removes its table.
+Every published translation is rendered and applied as one `nft -f` transaction; a ruleset the kernel
+refuses is logged and the last good one stays in force. One renderer lives as long as the agent, so a
+translation re-renders only the Services whose inputs changed, and the driver sends only their
+difference. Every few seconds the agent checks that nobody changed or removed its table and re-applies
+it if so. On SIGTERM it removes its table.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubegate.planes.render import NftOptions, render_nftables
+from kubegate.planes.render import NftOptions
 from kubegate.planes.render.driver import ApplyError, NftDriver
+from kubegate.planes.render.nftables import NftRenderer
 from kubegate.reconcile import Reconciler
 from kubegate.translate.context import Options, Translation
 
@@ -36,15 +39,21 @@ class NftablesAgent:
     def __init__(self, config: AgentConfig, driver: NftDriver | None = None) -> None:
         self.config = config
         self.driver = driver or NftDriver(table=config.nft.table, family=config.nft.family)
+        self.renderer = NftRenderer(config.nft)
         self.reconciler = Reconciler(config.paths, config.options, self._publish, config.state_file)
         self.trigger = asyncio.Event()
         self.apply_errors = 0
 
     def _publish(self, translation: Translation) -> None:
-        ruleset = render_nftables(translation.routing, translation.endpoints, self.config.nft)
+        rendered = self.renderer.render(translation.routing, translation.endpoints)
         try:
-            if self.driver.apply(ruleset):
-                log.info("applied nftables table %s (%d lines)", self.config.nft.table, ruleset.count("\n"))
+            if self.driver.apply(rendered):
+                log.info(
+                    "applied nftables table %s (%d Services, %s)",
+                    self.config.nft.table,
+                    len(rendered.groups),
+                    "only the difference" if self.driver.last_incremental else "whole table",
+                )
         except ApplyError as error:
             self.apply_errors += 1
             log.error("%s; the previous rules stay in force", error)

@@ -46,11 +46,12 @@ import hashlib
 import ipaddress
 import re
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from kubegate.ir.model import Endpoint, EndpointTable, L4Port, L4Service, RoutingTable
+from kubegate.planes.render.nftdiff import NftObject
 
 MAX_NAME = 200
 # room left for "aff-", the hash and "__<ipv4>/<port>" within MAX_NAME
@@ -102,18 +103,38 @@ class _Ep:
     action: str
 
 
-@dataclass
-class _Out:
-    """Everything collected while walking the Services, joined once at the end (linear)."""
+@dataclass(frozen=True, slots=True)
+class _PortPart:
+    """One Service port rendered on its own: everything but what depends on other Services (claims)."""
 
-    service_ips: list[tuple[int, int, str, int, str]]
-    nodeports: list[tuple[str, int, str]]
-    no_endpoint_ips: list[tuple[int, int, str, int, str]]
-    no_endpoint_nodeports: list[tuple[str, int, str]]
-    cluster_ips: dict[int, str]
-    sets: list[str]
-    chains: list[str]
-    notes: list[str]
+    proto: str
+    port: int
+    # notes written before this port's claims (range problems, unusable endpoints)
+    notes: tuple[str, ...]
+    # False when the port number is out of range: only the note remains
+    usable: bool
+    node_port: int | None
+    svc_chain: str
+    ext_chain: str
+    # affinity sets, endpoint chains and the Service chain; all empty without endpoints
+    sets: tuple[NftObject, ...]
+    chains: tuple[NftObject, ...]
+    # written only when an external IP or the nodePort survives the claims
+    ext: NftObject | None
+
+
+@dataclass(frozen=True, slots=True)
+class _ServicePart:
+    """A Service rendered from its own inputs alone; reused while the Service and its endpoints stay equal."""
+
+    service: L4Service
+    endpoints: tuple[tuple[Endpoint, ...], ...]
+    notes: tuple[str, ...]
+    cluster_ips: tuple[int, ...]
+    external: tuple[int, ...]
+    ports: tuple[_PortPart, ...]
+    # endpoint addresses for the postrouting hairpin check of the "inline" dispatch
+    hairpin: tuple[int, ...]
 
 
 def _check_options(options: NftOptions) -> None:
@@ -154,10 +175,16 @@ def _comment(text: str) -> str:
 
 
 class _Addresses:
-    """Parses and classifies addresses once per render (endpoint IPs repeat across Services)."""
+    """Parses and classifies addresses once (endpoint IPs repeat across Services and renders)."""
 
     def __init__(self) -> None:
         self._cache: dict[str, int | str | None] = {}
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def clear(self) -> None:
+        self._cache.clear()
 
     def v4(self, text: str) -> int | str | None:
         """The IPv4 address as an int; None for IPv6; the text itself when it is no address."""
@@ -200,63 +227,59 @@ def _dispatch(eps: list[_Ep], affinity: bool, mode: str) -> list[str]:
     return rules
 
 
-def _chain(out: _Out, name: str, rules: Iterable[str]) -> None:
-    out.chains.append(f"\tchain {name} {{\n" + "".join(f"\t\t{rule}\n" for rule in rules) + "\t}\n")
+def _chain(name: str, rules: Iterable[str]) -> NftObject:
+    body = tuple(rules)
+    text = f"\tchain {name} {{\n" + "".join(f"\t\t{rule}\n" for rule in body) + "\t}\n"
+    return NftObject("chain", name, body, text=text)
 
 
-class _Renderer:
-    def __init__(self, endpoints: EndpointTable, options: NftOptions) -> None:
-        self.endpoints = endpoints
+def _set(name: str, key_type: str, elements: list[str], *, inline: bool) -> NftObject:
+    """A set or map with ``elements`` in the order given; ``inline`` writes them on one line."""
+    kind = "map" if key_type.endswith(": verdict") else "set"
+    if not elements:
+        block = ""
+    elif inline:
+        block = f"\t\telements = {{ {', '.join(elements)} }}\n"
+    else:
+        body = ",\n\t\t\t".join(elements)
+        block = f"\t\telements = {{\n\t\t\t{body}\n\t\t}}\n"
+    text = f"\t{kind} {name} {{\n\t\ttype {key_type}\n{block}\t}}\n"
+    return NftObject(kind, name, (f"type {key_type}",), frozenset(elements), text=text)
+
+
+class _ServiceRenderer:
+    """Renders one Service from its own inputs; what depends on other Services is left to the assembly."""
+
+    def __init__(self, options: NftOptions, addresses: _Addresses) -> None:
         self.options = options
-        self.addresses = _Addresses()
-        self.out = _Out([], [], [], [], {}, [], [], [])
-        # map keys already taken, so a conflict in the IR never yields a ruleset nft refuses
-        self.ip_keys: dict[tuple[int, str, int], str] = {}
-        self.nodeport_keys: dict[tuple[str, int], str] = {}
+        self.addresses = addresses
         self.dnat = "dnat ip to" if options.family == "inet" else "dnat to"
-        # endpoint addresses for the postrouting hairpin check of the "inline" dispatch
-        self.hairpin: set[int] = set()
 
-    def v4_list(self, service: L4Service, what: str, addresses: Iterable[str]) -> list[int]:
+    def v4_list(self, service: L4Service, what: str, addresses: Iterable[str], notes: list[str]) -> list[int]:
         found: set[int] = set()
         for text in addresses:
             value = self.addresses.v4(text)
             if value is None:
-                self.out.notes.append(_comment(f"{service.name}: IPv6 {what} {text} left out (IPv4 only)"))
+                notes.append(_comment(f"{service.name}: IPv6 {what} {text} left out (IPv4 only)"))
             elif isinstance(value, str):
-                self.out.notes.append(_comment(f"{service.name}: {what} {text!r} is not an IP address"))
+                notes.append(_comment(f"{service.name}: {what} {text!r} is not an IP address"))
             else:
                 found.add(value)
         return sorted(found)
 
-    def claim_ip(self, service: L4Service, ip: int, proto: str, port: int) -> bool:
-        owner = self.ip_keys.setdefault((ip, proto, port), service.name)
-        if owner != service.name:
-            address = ipaddress.IPv4Address(ip)
-            self.out.notes.append(
-                _comment(f"{service.name}: {address} {proto} {port} already used by {owner}; left out")
-            )
-        return owner == service.name
-
-    def claim_nodeport(self, service: L4Service, proto: str, port: int) -> bool:
-        owner = self.nodeport_keys.setdefault((proto, port), service.name)
-        if owner != service.name:
-            self.out.notes.append(
-                _comment(f"{service.name}: nodePort {proto} {port} already used by {owner}; left out")
-            )
-        return owner == service.name
-
-    def endpoint_list(self, port: L4Port, prefix: str, affinity: bool, timeout: int) -> list[_Ep]:
+    def endpoint_list(
+        self, port: L4Port, endpoints: tuple[Endpoint, ...], prefix: str, affinity: bool, timeout: int
+    ) -> tuple[list[_Ep], list[str]]:
+        notes: list[str] = []
         unique: dict[tuple[int, int], Endpoint] = {}
-        for ep in self.endpoints.clusters.get(port.cluster, ()):
+        for ep in endpoints:
             value = self.addresses.v4(ep.ip)
             if value is None:
-                self.out.notes.append(_comment(f"{port.cluster}: IPv6 endpoint {ep.ip} left out (IPv4 only)"))
+                notes.append(_comment(f"{port.cluster}: IPv6 endpoint {ep.ip} left out (IPv4 only)"))
             elif isinstance(value, str):
-                self.out.notes.append(_comment(f"{port.cluster}: endpoint {ep.ip!r} is not an IP address"))
+                notes.append(_comment(f"{port.cluster}: endpoint {ep.ip!r} is not an IP address"))
             elif not 0 < ep.port < 65536:
-                note = f"{port.cluster}: endpoint {ep.ip} port {ep.port} out of range"
-                self.out.notes.append(_comment(note))
+                notes.append(_comment(f"{port.cluster}: endpoint {ep.ip} port {ep.port} out of range"))
             else:
                 unique.setdefault((value, ep.port), ep)
         node = self.options.node_name
@@ -278,67 +301,71 @@ class _Renderer:
                     action=f"{update}meta l4proto {proto} {self.dnat} {ep.ip}:{ep.port}",
                 )
             )
-        return result
+        return result, notes
 
-    def add_service(self, service: L4Service) -> None:
-        if service.headless or service.type == "ExternalName":
-            return
-        cluster_ips = self.v4_list(service, "ClusterIP", service.cluster_ips)
-        external = self.v4_list(service, "external IP", (*service.external_ips, *service.load_balancer_ips))
-        self.out.cluster_ips.update((ip, str(ipaddress.IPv4Address(ip))) for ip in cluster_ips)
-        for port in sorted(service.ports, key=lambda p: (p.protocol, p.port, p.name)):
-            self.add_port(service, port, cluster_ips, external)
+    def service(self, service: L4Service, endpoints: tuple[tuple[Endpoint, ...], ...]) -> _ServicePart:
+        notes: list[str] = []
+        cluster_ips = self.v4_list(service, "ClusterIP", service.cluster_ips, notes)
+        external = self.v4_list(
+            service, "external IP", (*service.external_ips, *service.load_balancer_ips), notes
+        )
+        hairpin: set[int] = set()
+        ports = [
+            self.port(service, port, eps, hairpin)
+            for port, eps in sorted(
+                zip(service.ports, endpoints, strict=True),
+                key=lambda pair: (pair[0].protocol, pair[0].port, pair[0].name),
+            )
+        ]
+        return _ServicePart(
+            service=service,
+            endpoints=endpoints,
+            notes=tuple(notes),
+            cluster_ips=tuple(cluster_ips),
+            external=tuple(external),
+            ports=tuple(ports),
+            hairpin=tuple(sorted(hairpin)),
+        )
 
-    def add_port(self, service: L4Service, port: L4Port, cluster_ips: list[int], external: list[int]) -> None:
+    def port(
+        self, service: L4Service, port: L4Port, endpoints: tuple[Endpoint, ...], hairpin: set[int]
+    ) -> _PortPart:
         proto = port.protocol.lower()
         if not 0 < port.port < 65536:
-            self.out.notes.append(_comment(f"{service.name}: port {port.port} out of range; left out"))
-            return
+            note = _comment(f"{service.name}: port {port.port} out of range; left out")
+            return _PortPart(proto, port.port, (note,), False, None, "", "", (), (), None)
+        notes: list[str] = []
         readable = f"{service.name}/{proto}/{port.name or port.port}"
         # "<hash8>-<readable>": the hash keeps names unique when the readable part is cut short
         digest = hashlib.sha256(f"{service.name}|{port.protocol}|{port.port}".encode()).hexdigest()[:8]
         prefix = f"{digest}-{_UNSAFE.sub('_', readable)[:_READABLE]}"
         node_port = port.node_port if service.type in ("NodePort", "LoadBalancer") else None
         if node_port is not None and not 0 < node_port < 65536:
-            self.out.notes.append(_comment(f"{service.name}: nodePort {node_port} out of range; left out"))
+            notes.append(_comment(f"{service.name}: nodePort {node_port} out of range; left out"))
             node_port = None
         affinity = service.session_affinity == "ClientIP"
         timeout = max(1, service.affinity_timeout_seconds)
-        eps = self.endpoint_list(port, prefix, affinity, timeout)
-        out = self.out
-        cluster_ips = [ip for ip in cluster_ips if self.claim_ip(service, ip, proto, port.port)]
-        external = [ip for ip in external if self.claim_ip(service, ip, proto, port.port)]
-        if node_port is not None and not self.claim_nodeport(service, proto, node_port):
-            node_port = None
+        eps, endpoint_notes = self.endpoint_list(port, endpoints, prefix, affinity, timeout)
+        notes += endpoint_notes
+        svc_chain, ext_chain = f"svc-{prefix}", f"ext-{prefix}"
         if not eps:
-            for ip in (*cluster_ips, *external):
-                out.no_endpoint_ips.append((ip, 0, proto, port.port, _REJECT))
-            if node_port is not None:
-                out.no_endpoint_nodeports.append((proto, node_port, _REJECT))
-            return
-        svc_chain = f"svc-{prefix}"
-        inline = self.options.dispatch == "inline"
+            return _PortPart(
+                proto, port.port, tuple(notes), True, node_port, svc_chain, ext_chain, (), (), None
+            )
+        dispatch = self.options.dispatch
+        sets: list[NftObject] = []
+        chains: list[NftObject] = []
         for ep in eps:
             if affinity:
-                out.sets.append(
-                    f"\tset {ep.affinity_set} {{\n\t\ttype ipv4_addr\n\t\tflags dynamic,timeout\n"
-                    f"\t\ttimeout {timeout}s\n\t}}\n"
-                )
-            if inline:
-                self.hairpin.add(ep.address)
+                body = ("type ipv4_addr", "flags dynamic,timeout", f"timeout {timeout}s")
+                text = f"\tset {ep.affinity_set} {{\n" + "".join(f"\t\t{line}\n" for line in body) + "\t}\n"
+                sets.append(NftObject("set", ep.affinity_set, body, text=text))
+            if dispatch == "inline":
+                hairpin.add(ep.address)
             else:
-                # one string per endpoint chain: this loop runs for every endpoint of every Service
-                out.chains.append(
-                    f"\tchain {ep.chain} {{\n\t\tip saddr {ep.ip} jump mark-for-masquerade\n"
-                    f"\t\t{ep.action}\n\t}}\n"
-                )
+                chains.append(_chain(ep.chain, (f"ip saddr {ep.ip} jump mark-for-masquerade", ep.action)))
         masquerade_all = ["jump mark-for-masquerade"] if self.options.masquerade_all else []
-        _chain(out, svc_chain, [*masquerade_all, *_dispatch(eps, affinity, self.options.dispatch)])
-        for ip in cluster_ips:
-            out.service_ips.append((ip, 0, proto, port.port, f"goto {svc_chain}"))
-        if not external and node_port is None:
-            return
-        ext_chain = f"ext-{prefix}"
+        chains.append(_chain(svc_chain, [*masquerade_all, *_dispatch(eps, affinity, dispatch)]))
         if service.external_traffic_policy == "Local":
             local = [ep for ep in eps if ep.local]
             ext_rules = [
@@ -346,136 +373,313 @@ class _Renderer:
                 # the node's own traffic has no client address to preserve: use every endpoint
                 "fib saddr type local jump mark-for-masquerade",
                 f"fib saddr type local goto {svc_chain}",
-                *(_dispatch(local, affinity, self.options.dispatch) if local else ["drop"]),
+                *(_dispatch(local, affinity, dispatch) if local else ["drop"]),
             ]
         else:
             ext_rules = ["jump mark-for-masquerade", f"goto {svc_chain}"]
-        _chain(out, ext_chain, ext_rules)
-        for ip in external:
-            out.service_ips.append((ip, 1, proto, port.port, f"goto {ext_chain}"))
-        if node_port is not None:
-            out.nodeports.append((proto, node_port, f"goto {ext_chain}"))
+        return _PortPart(
+            proto,
+            port.port,
+            tuple(notes),
+            True,
+            node_port,
+            svc_chain,
+            ext_chain,
+            tuple(sets),
+            tuple(chains),
+            _chain(ext_chain, ext_rules),
+        )
+
+
+class _Claims:
+    """Map keys already taken, so a conflict in the IR never yields a ruleset nft refuses: the first
+    Service by name keeps an address and port (or a nodePort); later ones get a note instead."""
+
+    def __init__(self, notes: list[str], dotted: Callable[[int], str]) -> None:
+        self.notes = notes
+        self.dotted = dotted
+        self.ip_keys: dict[tuple[int, str, int], str] = {}
+        self.nodeport_keys: dict[tuple[str, int], str] = {}
+
+    def ip(self, service: str, ip: int, proto: str, port: int) -> bool:
+        owner = self.ip_keys.setdefault((ip, proto, port), service)
+        if owner != service:
+            address = self.dotted(ip)
+            self.notes.append(
+                _comment(f"{service}: {address} {proto} {port} already used by {owner}; left out")
+            )
+        return owner == service
+
+    def nodeport(self, service: str, proto: str, port: int) -> bool:
+        owner = self.nodeport_keys.setdefault((proto, port), service)
+        if owner != service:
+            self.notes.append(
+                _comment(f"{service}: nodePort {proto} {port} already used by {owner}; left out")
+            )
+        return owner == service
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedNftables:
+    """One rendering: the table as objects (for ``nftdiff.incremental_structured``) and, on demand, as
+    the complete text for ``nft -f``. ``groups`` maps each Service's name to its sets and chains."""
+
+    family: str
+    table: str
+    shared: tuple[NftObject, ...]
+    groups: Mapping[str, tuple[NftObject, ...]]
+    # the text parts that are not objects of their own
+    notes: tuple[str, ...]
+    replace: bool
+    # how many shared objects come before the per-Service sets (the rest are the fixed chains)
+    leading: int
 
     def text(self) -> str:
-        options = self.options
-        out = self.out
-        head = f"{options.family} {options.table}"
-        lines: list[str] = [_comment("generated by kubegate; do not edit")]
-        lines.extend(out.notes)
-        if options.replace:
+        head = f"{self.family} {self.table}"
+        lines: list[str] = [_comment("generated by kubegate; do not edit"), *self.notes]
+        if self.replace:
             lines += [f"table {head}", f"delete table {head}"]
         lines.append(f"table {head} {{")
-        lines.append(
-            _map(
-                "service-ips",
-                "ipv4_addr . inet_proto . inet_service",
-                (
-                    f"{ipaddress.IPv4Address(ip)} . {proto} . {port} : {verdict}"
-                    for ip, _, proto, port, verdict in sorted(out.service_ips)
-                ),
-            )
-        )
-        lines.append(
-            _map(
-                "service-nodeports",
-                "inet_proto . inet_service",
-                (f"{proto} . {port} : {verdict}" for proto, port, verdict in sorted(out.nodeports)),
-            )
-        )
-        lines.append(
-            _map(
-                "no-endpoint-services",
-                "ipv4_addr . inet_proto . inet_service",
-                (
-                    f"{ipaddress.IPv4Address(ip)} . {proto} . {port} : {verdict}"
-                    for ip, _, proto, port, verdict in sorted(out.no_endpoint_ips)
-                ),
-            )
-        )
-        lines.append(
-            _map(
-                "no-endpoint-nodeports",
-                "inet_proto . inet_service",
-                (
-                    f"{proto} . {port} : {verdict}"
-                    for proto, port, verdict in sorted(out.no_endpoint_nodeports)
-                ),
-            )
-        )
-        ips = ", ".join(out.cluster_ips[ip] for ip in sorted(out.cluster_ips))
-        elements = f"\t\telements = {{ {ips} }}\n" if ips else ""
-        lines.append(f"\tset cluster-ips {{\n\t\ttype ipv4_addr\n{elements}\t}}\n")
-        if options.dispatch == "inline":
-            pairs = ", ".join(f"{a} . {a}" for a in map(ipaddress.IPv4Address, sorted(self.hairpin)))
-            elements = f"\t\telements = {{ {pairs} }}\n" if pairs else ""
-            lines.append(f"\tset hairpin-endpoints {{\n\t\ttype ipv4_addr . ipv4_addr\n{elements}\t}}\n")
-        lines.extend(out.sets)
-        lines.extend(self.fixed_chains())
-        lines.extend(out.chains)
+        lines.extend(obj.text for obj in self.shared[: self.leading])
+        groups = self.groups.values()
+        lines.extend(obj.text for group in groups for obj in group if obj.kind == "set")
+        lines.extend(obj.text for obj in self.shared[self.leading :])
+        lines.extend(obj.text for group in groups for obj in group if obj.kind == "chain")
         lines.append("}\n")
         return "\n".join(lines)
 
-    def fixed_chains(self) -> list[str]:
+
+class NftRenderer:
+    """Renders the nftables table again and again, reusing each Service's sets and chains while that
+    Service and its endpoints compare equal to the last rendering: one endpoint change re-renders one
+    Service; the rest of a render is the claims pass and the shared maps (linear, but cheap per Service).
+
+    ``render(...).text()`` is byte for byte what ``render_nftables`` returns for the same input.
+    """
+
+    def __init__(self, options: NftOptions | None = None) -> None:
+        self.options = options or NftOptions()
+        _check_options(self.options)
+        self._addresses = _Addresses()
+        self._services = _ServiceRenderer(self.options, self._addresses)
+        self._parts: dict[str, _ServicePart] = {}
+        # per Service: the part and the ext chains kept by the claims, and the group built from them
+        self._groups: dict[str, tuple[_ServicePart, tuple[bool, ...], tuple[NftObject, ...]]] = {}
+        self._fixed = _fixed_chains(self.options)
+        self._dotted: dict[int, str] = {}
+        self.reused = 0
+        self.rendered = 0
+
+    def _part(self, service: L4Service, endpoints: EndpointTable) -> _ServicePart:
+        eps = tuple(endpoints.clusters.get(port.cluster, ()) for port in service.ports)
+        cached = self._parts.get(service.name)
+        if (
+            cached is not None
+            and (cached.service is service or cached.service == service)
+            and cached.endpoints == eps
+        ):
+            self.reused += 1
+            return cached
+        self.rendered += 1
+        return self._services.service(service, eps)
+
+    def dotted(self, address: int) -> str:
+        try:
+            return self._dotted[address]
+        except KeyError:
+            text = self._dotted[address] = str(ipaddress.IPv4Address(address))
+            return text
+
+    def render(self, routing: RoutingTable, endpoints: EndpointTable) -> RenderedNftables:
+        if len(self._addresses) > 1_000_000:
+            # addresses of pods long gone: start over rather than grow without bound
+            self._addresses.clear()
+            self._dotted.clear()
+        parts: dict[str, _ServicePart] = {}
+        for service in sorted(routing.services, key=lambda s: s.name):
+            if service.headless or service.type == "ExternalName":
+                continue
+            parts[service.name] = self._part(service, endpoints)
+        self._parts = parts
+        return self._assemble(parts)
+
+    def _assemble(self, parts: dict[str, _ServicePart]) -> RenderedNftables:
+        notes: list[str] = []
+        claims = _Claims(notes, self.dotted)
+        service_ips: list[tuple[int, int, str, int, str]] = []
+        nodeports: list[tuple[str, int, str]] = []
+        no_endpoint_ips: list[tuple[int, int, str, int, str]] = []
+        no_endpoint_nodeports: list[tuple[str, int, str]] = []
+        cluster_ips: set[int] = set()
+        hairpin: set[int] = set()
+        groups: dict[str, tuple[NftObject, ...]] = {}
+        old_groups, self._groups = self._groups, {}
+        for name, part in parts.items():
+            notes.extend(part.notes)
+            cluster_ips.update(part.cluster_ips)
+            hairpin.update(part.hairpin)
+            kept_ext: list[bool] = []
+            for port in part.ports:
+                notes.extend(port.notes)
+                if not port.usable:
+                    continue
+                proto = port.proto
+
+                cips = [ip for ip in part.cluster_ips if claims.ip(name, ip, proto, port.port)]
+                external = [ip for ip in part.external if claims.ip(name, ip, proto, port.port)]
+                node_port = port.node_port
+                if node_port is not None and not claims.nodeport(name, proto, node_port):
+                    node_port = None
+                if port.ext is None:
+                    for ip in (*cips, *external):
+                        no_endpoint_ips.append((ip, 0, proto, port.port, _REJECT))
+                    if node_port is not None:
+                        no_endpoint_nodeports.append((proto, node_port, _REJECT))
+                    kept_ext.append(False)
+                    continue
+                svc_goto, ext_goto = f"goto {port.svc_chain}", f"goto {port.ext_chain}"
+                service_ips.extend((ip, 0, proto, port.port, svc_goto) for ip in cips)
+                service_ips.extend((ip, 1, proto, port.port, ext_goto) for ip in external)
+                if node_port is not None:
+                    nodeports.append((proto, node_port, ext_goto))
+                kept_ext.append(bool(external) or node_port is not None)
+            groups[name] = self._group(name, part, tuple(kept_ext), old_groups)
         options = self.options
-        mark = f"{options.masquerade_mark:#x}"
-        if options.node_addresses:
-            local = "ip daddr { " + ", ".join(sorted(set(options.node_addresses))) + " }"
-        else:
-            local = "fib daddr type local"
-            if options.family == "inet":
-                local += " meta nfproto ipv4"
-            if not options.allow_localhost_nodeports:
-                # kube-proxy's nftables mode has no localhost nodePorts (they need route_localnet)
-                local += " ip daddr != 127.0.0.0/8"
-        reject_cidr = []
-        if options.service_cidr:
-            network = ipaddress.IPv4Network(options.service_cidr, strict=False)
-            reject_cidr.append(f"ip daddr {network} reject")
-        out = _Out([], [], [], [], {}, [], [], [])
-        hairpin = []
-        if options.dispatch == "inline":
-            # a pod reaching itself through its Service: after DNAT, source and destination are equal
-            hairpin.append("ct status dnat ip saddr . ip daddr @hairpin-endpoints masquerade fully-random")
-        base = [
-            ("nat-prerouting", "nat", "prerouting", -100, ["jump services"]),
-            ("nat-output", "nat", "output", -100, ["jump services"]),
-            ("nat-postrouting", "nat", "postrouting", 100, ["jump masquerading"]),
-            # filter chains run after DNAT (-100): what is still addressed to a ClusterIP was not served
-            (
-                "filter-input",
-                "filter",
-                "input",
-                -10,
-                ["ct state new jump nodeport-endpoints-check", "ct state new jump service-endpoints-check"],
+        dotted = self.dotted
+        ip_type, port_type = (
+            "ipv4_addr . inet_proto . inet_service : verdict",
+            "inet_proto . inet_service : verdict",
+        )
+        shared = [
+            _set(
+                "service-ips",
+                ip_type,
+                [
+                    f"{dotted(ip)} . {proto} . {port} : {verdict}"
+                    for ip, _, proto, port, verdict in sorted(service_ips)
+                ],
+                inline=False,
             ),
-            (
-                "filter-forward",
-                "filter",
-                "forward",
-                -10,
-                ["ct state new jump service-endpoints-check", "ct state new jump cluster-ips-check"],
+            _set(
+                "service-nodeports",
+                port_type,
+                [f"{p} . {n} : {v}" for p, n, v in sorted(nodeports)],
+                inline=False,
             ),
-            (
-                "filter-output",
-                "filter",
-                "output",
-                -10,
-                ["ct state new jump service-endpoints-check", "ct state new jump cluster-ips-check"],
+            _set(
+                "no-endpoint-services",
+                ip_type,
+                [
+                    f"{dotted(ip)} . {proto} . {port} : {verdict}"
+                    for ip, _, proto, port, verdict in sorted(no_endpoint_ips)
+                ],
+                inline=False,
             ),
+            _set(
+                "no-endpoint-nodeports",
+                port_type,
+                [f"{p} . {n} : {v}" for p, n, v in sorted(no_endpoint_nodeports)],
+                inline=False,
+            ),
+            _set("cluster-ips", "ipv4_addr", [dotted(ip) for ip in sorted(cluster_ips)], inline=True),
         ]
-        for name, kind, hook, priority, rules in base:
-            _chain(out, name, [f"type {kind} hook {hook} priority {priority}; policy accept;", *rules])
+        if options.dispatch == "inline":
+            pairs = [f"{dotted(a)} . {dotted(a)}" for a in sorted(hairpin)]
+            shared.append(_set("hairpin-endpoints", "ipv4_addr . ipv4_addr", pairs, inline=True))
+        leading = len(shared)
+        return RenderedNftables(
+            family=options.family,
+            table=options.table,
+            shared=(*shared, *self._fixed),
+            groups=groups,
+            notes=tuple(notes),
+            replace=options.replace,
+            leading=leading,
+        )
+
+    def _group(
+        self,
+        name: str,
+        part: _ServicePart,
+        kept_ext: tuple[bool, ...],
+        old_groups: dict[str, tuple[_ServicePart, tuple[bool, ...], tuple[NftObject, ...]]],
+    ) -> tuple[NftObject, ...]:
+        old = old_groups.get(name)
+        if old is not None and old[0] is part and old[1] == kept_ext:
+            self._groups[name] = old
+            return old[2]
+        usable = [port for port in part.ports if port.usable]
+        sets = [obj for port in usable for obj in port.sets]
+        chains: list[NftObject] = []
+        for port, keep in zip(usable, kept_ext, strict=True):
+            chains.extend(port.chains)
+            if keep and port.ext is not None:
+                chains.append(port.ext)
+        objects = (*sets, *chains)
+        self._groups[name] = (part, kept_ext, objects)
+        return objects
+
+
+def _fixed_chains(options: NftOptions) -> tuple[NftObject, ...]:
+    mark = f"{options.masquerade_mark:#x}"
+    if options.node_addresses:
+        local = "ip daddr { " + ", ".join(sorted(set(options.node_addresses))) + " }"
+    else:
+        local = "fib daddr type local"
+        if options.family == "inet":
+            local += " meta nfproto ipv4"
+        if not options.allow_localhost_nodeports:
+            # kube-proxy's nftables mode has no localhost nodePorts (they need route_localnet)
+            local += " ip daddr != 127.0.0.0/8"
+    reject_cidr = []
+    if options.service_cidr:
+        network = ipaddress.IPv4Network(options.service_cidr, strict=False)
+        reject_cidr.append(f"ip daddr {network} reject")
+    hairpin = []
+    if options.dispatch == "inline":
+        # a pod reaching itself through its Service: after DNAT, source and destination are equal
+        hairpin.append("ct status dnat ip saddr . ip daddr @hairpin-endpoints masquerade fully-random")
+    base = [
+        ("nat-prerouting", "nat", "prerouting", -100, ["jump services"]),
+        ("nat-output", "nat", "output", -100, ["jump services"]),
+        ("nat-postrouting", "nat", "postrouting", 100, ["jump masquerading"]),
+        # filter chains run after DNAT (-100): what is still addressed to a ClusterIP was not served
+        (
+            "filter-input",
+            "filter",
+            "input",
+            -10,
+            ["ct state new jump nodeport-endpoints-check", "ct state new jump service-endpoints-check"],
+        ),
+        (
+            "filter-forward",
+            "filter",
+            "forward",
+            -10,
+            ["ct state new jump service-endpoints-check", "ct state new jump cluster-ips-check"],
+        ),
+        (
+            "filter-output",
+            "filter",
+            "output",
+            -10,
+            ["ct state new jump service-endpoints-check", "ct state new jump cluster-ips-check"],
+        ),
+    ]
+    chains = [
+        _chain(name, [f"type {kind} hook {hook} priority {priority}; policy accept;", *rules])
+        for name, kind, hook, priority, rules in base
+    ]
+    chains += [
         _chain(
-            out,
             "services",
             [
                 "ip daddr . meta l4proto . th dport vmap @service-ips",
                 f"{local} meta l4proto . th dport vmap @service-nodeports",
             ],
-        )
-        _chain(out, "mark-for-masquerade", [f"meta mark set meta mark or {mark}"])
+        ),
+        _chain("mark-for-masquerade", [f"meta mark set meta mark or {mark}"]),
         _chain(
-            out,
             "masquerading",
             [
                 *hairpin,
@@ -483,24 +687,13 @@ class _Renderer:
                 f"meta mark set meta mark xor {mark}",
                 "masquerade fully-random",
             ],
-        )
-        _chain(out, "reject-chain", ["meta l4proto tcp reject with tcp reset", "reject"])
-        _chain(
-            out, "service-endpoints-check", ["ip daddr . meta l4proto . th dport vmap @no-endpoint-services"]
-        )
-        _chain(
-            out,
-            "nodeport-endpoints-check",
-            [f"{local} meta l4proto . th dport vmap @no-endpoint-nodeports"],
-        )
-        _chain(out, "cluster-ips-check", ["ip daddr @cluster-ips reject", *reject_cidr])
-        return out.chains
-
-
-def _map(name: str, key_type: str, elements: Iterable[str]) -> str:
-    body = ",\n\t\t\t".join(elements)
-    block = f"\t\telements = {{\n\t\t\t{body}\n\t\t}}\n" if body else ""
-    return f"\tmap {name} {{\n\t\ttype {key_type} : verdict\n{block}\t}}\n"
+        ),
+        _chain("reject-chain", ["meta l4proto tcp reject with tcp reset", "reject"]),
+        _chain("service-endpoints-check", ["ip daddr . meta l4proto . th dport vmap @no-endpoint-services"]),
+        _chain("nodeport-endpoints-check", [f"{local} meta l4proto . th dport vmap @no-endpoint-nodeports"]),
+        _chain("cluster-ips-check", ["ip daddr @cluster-ips reject", *reject_cidr]),
+    ]
+    return tuple(chains)
 
 
 def render_nftables(
@@ -510,10 +703,6 @@ def render_nftables(
 
     Raises RenderOptionsError for unusable options; problems in the IR (IPv6 or malformed addresses,
     two Services claiming one address and port) leave the affected part out, named in a comment.
+    A caller that renders repeatedly keeps an ``NftRenderer`` instead, which reuses unchanged Services.
     """
-    options = options or NftOptions()
-    _check_options(options)
-    renderer = _Renderer(endpoints, options)
-    for service in sorted(routing.services, key=lambda s: s.name):
-        renderer.add_service(service)
-    return renderer.text()
+    return NftRenderer(options).render(routing, endpoints).text()

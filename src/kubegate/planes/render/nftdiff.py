@@ -24,18 +24,28 @@ rendered table of the expected shape. The kernel-side result of the script equal
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
 
 _OBJECT = re.compile(r"\t(chain|set|map) (\S+) \{\Z")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NftObject:
-    """A top-level object of a table: its kind, its body lines as written (comments dropped)."""
+    """A top-level object of a table. ``body`` holds a chain's rules, or a set's or map's declaration lines
+    (type, flags, timeout); ``items`` a set's or map's elements, each written with single spaces."""
 
     kind: str
     name: str
     body: tuple[str, ...]
+    items: frozenset[str] = frozenset()
+    # the object as the renderer wrote it (empty for parsed objects); not part of its identity
+    text: str = field(default="", compare=False)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.kind, self.name)
 
     @property
     def is_base_chain(self) -> bool:
@@ -45,10 +55,28 @@ class NftObject:
 
     def declaration(self) -> tuple[str, ...]:
         """A set's or map's lines other than its elements (type, flags, timeout, ...)."""
-        return _split_elements(self.body)[0]
+        return self.body
 
     def elements(self) -> frozenset[str]:
-        return _split_elements(self.body)[1]
+        return self.items
+
+
+class StructuredRuleset(Protocol):
+    """A rendered table as objects: ``shared`` ones rebuilt on every render (the maps, the fixed chains)
+    and per-Service ``groups`` that a renderer reuses, as the same tuple, while the Service's inputs stay
+    the same. A group that is the same object in two rulesets is skipped by the diff without a look."""
+
+    @property
+    def family(self) -> str: ...
+
+    @property
+    def table(self) -> str: ...
+
+    @property
+    def shared(self) -> tuple[NftObject, ...]: ...
+
+    @property
+    def groups(self) -> Mapping[str, tuple[NftObject, ...]]: ...
 
 
 class UnhandledRuleset(ValueError):
@@ -101,7 +129,11 @@ def parse_table(ruleset: str, family: str, table: str) -> dict[tuple[str, str], 
         key = (found.group(1), found.group(2))
         if key in objects:
             raise UnhandledRuleset(f"{key[0]} {key[1]} appears twice")
-        objects[key] = NftObject(found.group(1), found.group(2), tuple(body))
+        if key[0] == "chain":
+            objects[key] = NftObject(key[0], key[1], tuple(body))
+        else:
+            declaration, items = _split_elements(tuple(body))
+            objects[key] = NftObject(key[0], key[1], declaration, items)
     raise UnhandledRuleset(f"table {family} {table} is not closed")
 
 
@@ -124,8 +156,28 @@ def incremental(old: str, new: str, family: str, table: str) -> str | None:
         return None
 
 
+def incremental_structured(before: StructuredRuleset, after: StructuredRuleset) -> str | None:
+    """``incremental`` for two rendered rulesets kept as objects: only the shared objects and the groups
+    that are not the very same tuple in both are compared, so one changed Service costs one group."""
+    if (before.family, before.table) != (after.family, after.table):
+        return None
+    old: dict[tuple[str, str], NftObject] = {obj.key: obj for obj in before.shared}
+    new: dict[tuple[str, str], NftObject] = {obj.key: obj for obj in after.shared}
+    # names are unique in a table, so an object of an unchanged group appears in no changed one
+    for name, objects in before.groups.items():
+        if after.groups.get(name) is not objects:
+            old.update((obj.key, obj) for obj in objects)
+    for name, objects in after.groups.items():
+        if before.groups.get(name) is not objects:
+            new.update((obj.key, obj) for obj in objects)
+    try:
+        return _script(old, new, f"{after.family} {after.table}")
+    except UnhandledRuleset:
+        return None
+
+
 def _script(
-    before: dict[tuple[str, str], NftObject], after: dict[tuple[str, str], NftObject], where: str
+    before: Mapping[tuple[str, str], NftObject], after: Mapping[tuple[str, str], NftObject], where: str
 ) -> str:
     for key in before.keys() | after.keys():
         old, new = before.get(key), after.get(key)
