@@ -72,7 +72,11 @@ def make_source(config: ServeConfig) -> Source | None:
     """The Kubernetes source when configured; None for the manifest files."""
     if config.kubernetes is None:
         return None
-    return KubernetesSource(config.kubernetes, namespace=config.kubernetes_namespace)
+    return KubernetesSource(
+        config.kubernetes,
+        namespace=config.kubernetes_namespace,
+        controller_name=config.options.controller_name,
+    )
 
 
 class ListenError(Exception):

@@ -137,8 +137,11 @@ class Reconciler:
             self.publish(translation)
             self.translation = translation
         self.reloads += 1
+        # each problem is logged when it appears, not again on every reload while it stays (from the API
+        # server, reloads follow every endpoint change); /debug/problems lists them all
+        reported = set(self.last_problems)
         self.last_problems = tuple(problems)
-        for problem in problems:
+        for problem in (p for p in problems if p not in reported):
             level = logging.ERROR if problem.severity == "error" else logging.WARNING
             log.log(level, "%s", problem)
         return ReloadReport(self.store.version, changed, self.last_problems, time.perf_counter() - started)

@@ -263,10 +263,16 @@ async def test_only_our_ingress_class_is_served(api: FakeApiServer, tmp_path: Pa
         api.create(ingress("ours", ("/ours", "s1")))
         api.create(ingress("theirs", ("/theirs", "s1"), class_name="other"))
         api.create(ingress("classless", ("/none", "s1"), class_name=None))
+        # broken ones: ours is reported, the other controller's is none of our business
+        api.create(ingress("our-bad", ("/x", "s1"), host="Bad_Ours"))
+        api.create(ingress("their-bad", ("/y", "s1"), host="Bad_Theirs", class_name="other"))
         async with gateway(api, tmp_path) as gw:
             assert await fetch(gw, "/ours") == (200, "one")
             assert (await fetch(gw, "/theirs"))[0] == 404
             assert (await fetch(gw, "/none"))[0] == 404
+            reported = problems(gw)
+            assert any("Ingress default/our-bad spec.rules[0].host" in p for p in reported), reported
+            assert not any("their-bad" in p for p in reported), reported
         # --watch-ingress-without-class
         options = Options(serve_ingress_without_class=True, addresses_from_spec=True)
         async with gateway(api, tmp_path, options=options) as gw:

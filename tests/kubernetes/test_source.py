@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -129,3 +130,21 @@ async def test_reconciler_translates_from_the_source_and_follows_it(tmp_path: Pa
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         await reconciler.stop()
+
+
+async def test_a_lasting_problem_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    api = StubApi()
+    api.put("ingresses", ingress("bad", path_type="Sometimes"))
+    api.put("services", service("web"))
+    async with source_on(api, tmp_path) as source:
+        reconciler = Reconciler((), Options(addresses_from_spec=True), lambda _: None, source=source)
+        await reconciler.start()
+        with caplog.at_level(logging.WARNING, logger="kubegate.reconcile"):
+            reconciler.reload()
+            await until(lambda: len(api.streams) == len(source.informers))
+            api.put("services", service("web", port=81))
+            await until(lambda: source.generation > 2)
+            report = reconciler.reload()
+        assert report.changed and len(report.problems) == 1
+        logged = [r.getMessage() for r in caplog.records if "Ingress default/bad" in r.getMessage()]
+        assert len(logged) == 1, logged

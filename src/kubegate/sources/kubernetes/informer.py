@@ -35,7 +35,7 @@ import httpx2
 import msgspec
 
 from kubegate.objects.decode import DecodeError, UnknownKind, check_object
-from kubegate.objects.kinds import KubeObject
+from kubegate.objects.kinds import LEGACY_CLASS_ANNOTATION, KubeObject
 from kubegate.objects.meta import ObjectKey, Origin
 from kubegate.objects.validate import warnings
 from kubegate.sources.files import Problem
@@ -87,6 +87,9 @@ class Entry:
     object: KubeObject | None
     # errors (then object is None) or warnings (object is set)
     problems: tuple[Problem, ...] = ()
+    # an Ingress's class as written (spec.ingressClassName, else the legacy annotation), read from the raw
+    # object so that even one that fails to decode can be recognised as another controller's
+    ingress_class: str | None = None
 
 
 # called with the key and the new entry, or None when the object is gone
@@ -141,6 +144,16 @@ def _resource_version(raw: Mapping[str, Any]) -> str:
     return version if isinstance(version, str) else ""
 
 
+def _ingress_class(raw: Mapping[str, Any]) -> str | None:
+    spec = raw.get("spec")
+    name = spec.get("ingressClassName") if isinstance(spec, dict) else None
+    if isinstance(name, str) and name:
+        return name
+    annotations = _metadata(raw).get("annotations")
+    legacy = annotations.get(LEGACY_CLASS_ANNOTATION) if isinstance(annotations, dict) else None
+    return legacy if isinstance(legacy, str) else None
+
+
 def decode_entry(resource: Resource, raw: Mapping[str, Any]) -> Entry:
     """Decode one object from the API; never raises. List items lack apiVersion/kind: they are filled in."""
     document = dict(raw)
@@ -148,16 +161,21 @@ def decode_entry(resource: Resource, raw: Mapping[str, Any]) -> Entry:
     document.setdefault("kind", resource.kind)
     key = raw_key(resource, document)
     version = _resource_version(document)
+    class_name = _ingress_class(document) if resource.kind == "Ingress" else None
+    problems: tuple[Problem, ...]
     try:
         obj, errors = check_object(document)
     except UnknownKind as unknown:
-        return Entry(key, version, None, (Problem(ORIGIN, key, "", str(unknown)),))
+        problems = (Problem(ORIGIN, key, "", str(unknown)),)
+        return Entry(key, version, None, problems, class_name)
     except DecodeError as error:
-        return Entry(key, version, None, (Problem(ORIGIN, key, error.field, error.message),))
+        problems = (Problem(ORIGIN, key, error.field, error.message),)
+        return Entry(key, version, None, problems, class_name)
     if errors:
-        return Entry(key, version, None, tuple(Problem(ORIGIN, key, e.field, e.message) for e in errors))
+        problems = tuple(Problem(ORIGIN, key, e.field, e.message) for e in errors)
+        return Entry(key, version, None, problems, class_name)
     found = tuple(Problem(ORIGIN, key, w.field, w.message, "warning") for w in warnings(obj))
-    return Entry(key, version, obj, found)
+    return Entry(key, version, obj, found, class_name)
 
 
 class Informer:

@@ -5,6 +5,9 @@ object at a time as the informers report changes: ``load()`` assembles a ``LoadR
 decoding anything, so a change to one of 1,000 Ingresses costs one decode. ``changed`` is set on every
 change; ``wait_synced()`` returns once every informer has its first list, and nothing should be
 translated before then (a Service seen before its Endpoints would briefly serve 503s).
+
+Problems of Ingresses that name another controller's IngressClass are not ours to report (ingress-nginx
+ignores them too); they are left out of ``load()``. Class-less ones are reported, since they may be ours.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Iterable
 
 import httpx2
 
+from kubegate.objects.kinds import IngressClass
 from kubegate.objects.meta import ObjectKey
 from kubegate.sources.files import Loaded, LoadResult, Problem
 from kubegate.sources.kubernetes.config import KubeConnection
@@ -29,6 +33,8 @@ from kubegate.sources.kubernetes.informer import (
     Informer,
     Resource,
 )
+from kubegate.translate.classes import LEGACY_CLASS_VALUE
+from kubegate.translate.context import DEFAULT_CONTROLLER_NAME
 
 log = logging.getLogger("kubegate.kubernetes")
 
@@ -48,6 +54,7 @@ class KubernetesSource:
         connection: KubeConnection,
         *,
         namespace: str | None = None,
+        controller_name: str = DEFAULT_CONTROLLER_NAME,
         resources: Iterable[Resource] = RESOURCES,
         backoff_initial: float = 0.5,
         backoff_maximum: float = 30.0,
@@ -56,6 +63,7 @@ class KubernetesSource:
     ) -> None:
         self.connection = connection
         self.namespace = namespace
+        self.controller_name = controller_name
         self.resources = tuple(resources)
         self.changed = asyncio.Event()
         self.informers: list[Informer] = []
@@ -66,6 +74,9 @@ class KubernetesSource:
         self._tasks: list[asyncio.Task[None]] = []
         self._objects: dict[ObjectKey, Loaded] = {}
         self._problems: dict[ObjectKey, tuple[Problem, ...]] = {}
+        # the class each Ingress with problems names, and each IngressClass's controller
+        self._problem_classes: dict[ObjectKey, str] = {}
+        self._controllers: dict[str, str] = {}
         # bumped on every change; load() rebuilds its tuples only when it moved
         self.generation = 0
         self._built: tuple[int, LoadResult] | None = None
@@ -75,10 +86,17 @@ class KubernetesSource:
         return f"{self.connection.server} ({scope})"
 
     def _on_change(self, key: ObjectKey, entry: Entry | None) -> None:
+        self._problem_classes.pop(key, None)
+        if key.kind == "IngressClass":
+            self._controllers.pop(key.name, None)
         if entry is None:
             self._objects.pop(key, None)
             self._problems.pop(key, None)
         else:
+            if isinstance(entry.object, IngressClass):
+                self._controllers[key.name] = entry.object.spec.controller
+            if entry.problems and entry.ingress_class is not None:
+                self._problem_classes[key] = entry.ingress_class
             if entry.object is None:
                 self._objects.pop(key, None)
             else:
@@ -140,10 +158,23 @@ class KubernetesSource:
         """Everything the informers hold now, as the store reads it. Decodes nothing."""
         if self._built is not None and self._built[0] == self.generation:
             return self._built[1]
-        problems = tuple(problem for found in self._problems.values() for problem in found)
+        problems = tuple(
+            problem
+            for key, found in self._problems.items()
+            if not self._belongs_to_another_controller(key)
+            for problem in found
+        )
         result = LoadResult(tuple(self._objects.values()), problems, ())
         self._built = (self.generation, result)
         return result
+
+    def _belongs_to_another_controller(self, key: ObjectKey) -> bool:
+        class_name = self._problem_classes.get(key)
+        if class_name is None or class_name == LEGACY_CLASS_VALUE:
+            return False
+        controller = self._controllers.get(class_name)
+        # a class that does not exist (yet) is not ours either, as the class pass decides
+        return controller != self.controller_name
 
     async def stop(self) -> None:
         for task in self._tasks:
