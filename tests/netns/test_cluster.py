@@ -19,6 +19,7 @@ import shutil
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -104,10 +105,10 @@ class Manifests:
         os.replace(staged, self.directory / f"{service}-slice.yaml")
 
 
+@dataclass(frozen=True)
 class Env:
-    def __init__(self, cluster: Cluster, manifests: Manifests) -> None:
-        self.cluster = cluster
-        self.manifests = manifests
+    cluster: Cluster
+    manifests: Manifests
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +190,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         raise
     finally:
         cluster.teardown()
+
+
+@pytest.fixture(autouse=True)
+def process_logs(env: Env) -> Iterator[None]:
+    """The kubegate and haproxy logs, printed after each test: pytest shows them when the test failed."""
+    yield
+    print(env.cluster.logs())
 
 
 def test_clusterip_reaches_every_endpoint_from_pods_and_nodes_and_never_answers_ping(env: Env) -> None:
