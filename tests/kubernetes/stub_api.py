@@ -100,6 +100,12 @@ class StubApi:
             stream.queue.put_nowait({"type": "ERROR", "object": _status(410, "Expired", "too old")})
             stream.queue.put_nowait(None)
 
+    def error_event(self, code: int, message: str) -> None:
+        """An ERROR event other than 410 (the server failing mid-stream), then the end of the streams."""
+        for stream in self.streams:
+            stream.queue.put_nowait({"type": "ERROR", "object": _status(code, "InternalError", message)})
+            stream.queue.put_nowait(None)
+
     def bookmark(self) -> None:
         self.version += 1
         for stream in self.streams:

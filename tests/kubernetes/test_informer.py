@@ -76,7 +76,10 @@ async def until(condition: Callable[[], bool], seconds: float = 3.0) -> None:
 
 @asynccontextmanager
 async def running(
-    api: StubApi, resource: Resource = SERVICES, namespace: str | None = None
+    api: StubApi,
+    resource: Resource = SERVICES,
+    namespace: str | None = None,
+    backoff: Backoff | None = None,
 ) -> AsyncIterator[tuple[Informer, Recorder]]:
     recorder = Recorder()
     async with httpx2.AsyncClient(base_url="http://api", transport=api.transport) as http:
@@ -85,7 +88,7 @@ async def running(
             resource,
             recorder,
             namespace=namespace,
-            backoff=Backoff(initial=0.01, maximum=0.05),
+            backoff=backoff or Backoff(initial=0.01, maximum=0.05),
             rng=random.Random(1),
         )
         task = asyncio.create_task(informer.run())
@@ -205,6 +208,32 @@ async def test_410_error_event_mid_stream_relists() -> None:
         await until(lambda: recorder.deleted() == ["a"])
         assert informer.lists == 2 and informer.expirations == 1
         assert names(informer) == {"b"}
+
+
+class RecordingBackoff(Backoff):
+    def __init__(self, initial: float, maximum: float) -> None:
+        super().__init__(initial, maximum)
+        self.delays: list[float] = []
+
+    def next_delay(self, rng: random.Random) -> float:
+        delay = super().next_delay(rng)
+        self.delays.append(delay)
+        return delay
+
+
+async def test_other_error_events_resume_the_watch_without_listing_again() -> None:
+    api = StubApi()
+    api.put("services", service("a"))
+    backoff = RecordingBackoff(initial=0.01, maximum=0.05)
+    async with running(api, backoff=backoff) as (informer, _):
+        await until(lambda: bool(api.streams))
+        api.error_event(500, "etcd is unhappy")
+        await until(lambda: informer.failures == 1)
+        assert "error event 500: etcd is unhappy" in informer.last_error
+        assert len(backoff.delays) == 1  # an error as the first event backs off (no hot loop)
+        api.put("services", service("b"))
+        await until(lambda: "b" in names(informer))
+        assert informer.lists == 1 and informer.expirations == 0
 
 
 async def test_a_bad_object_is_a_problem_and_the_others_stay() -> None:

@@ -347,8 +347,9 @@ class Informer:
                 )
             self.backoff.reset()
             async for event in self._events(response):
-                self._events_in_stream += 1
                 self._apply(event)
+                # counted after: a stream whose first event is an ERROR did not deliver
+                self._events_in_stream += 1
         finally:
             await response.aclose()
 
