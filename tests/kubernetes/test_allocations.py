@@ -32,7 +32,11 @@ from kubegate.objects.kinds import (
 )
 from kubegate.objects.meta import ObjectMeta
 from kubegate.objects.snapshot import Snapshot
-from kubegate.sources.kubernetes.allocations import allocations_from_cluster, restrict_to_status
+from kubegate.sources.kubernetes.allocations import (
+    ClusterAllocations,
+    allocations_from_cluster,
+    restrict_to_status,
+)
 from kubegate.sources.kubernetes.status_writer import StatusWriter
 from kubegate.translate import translate
 from kubegate.translate.context import Options, Pool
@@ -123,6 +127,49 @@ def test_a_new_leader_keeps_every_written_ip() -> None:
         ("default", "b"): ("10.0.0.0",),
         ("default", "c"): ("10.0.0.1",),
     }
+
+
+service_states = st.builds(
+    lambda kind, shows, node_port, created: make_service(
+        "x",
+        kind=kind,
+        shows=shows,
+        created=created,
+        ports=(ServicePort(port=80, node_port=node_port),),
+    ),
+    st.sampled_from(("LoadBalancer", "ClusterIP", "NodePort")),
+    st.lists(st.sampled_from(("10.0.0.0", "10.0.0.1", "192.0.2.1")), max_size=2).map(tuple),
+    st.one_of(st.none(), st.integers(30000, 30005)),
+    st.sampled_from(("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", "")),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.dictionaries(st.sampled_from(("a", "b", "c", "d")), service_states), min_size=1, max_size=8)
+)
+def test_memoised_seeding_gives_the_stateless_answer(changes: list[dict[str, Service]]) -> None:
+    seeding = ClusterAllocations()
+    services: dict[tuple[str, str], Service] = {}
+    for change in changes:
+        # each step replaces some Services (new objects) and shares the others, as the store does
+        services = dict(services)
+        for name, state in change.items():
+            services[("default", name)] = msgspec.structs.replace(
+                state, metadata=msgspec.structs.replace(state.metadata, name=name)
+            )
+        view = Snapshot(services=services)
+        assert seeding(view, OPTIONS) == allocations_from_cluster(view, OPTIONS)
+
+
+def test_memoised_seeding_reuses_its_answer_and_notices_new_options() -> None:
+    seeding = ClusterAllocations()
+    view = snapshot(make_service("web", shows=("10.0.0.1",)))
+    first = seeding(view, OPTIONS)
+    assert seeding(Snapshot(services=view.services), OPTIONS) is first
+    other_pool = Options(pools=(Pool(name="other", addresses=("192.0.2.0/24",)),))
+    assert seeding(view, other_pool).load_balancer_ips == {}
+    assert seeding(view, OPTIONS).load_balancer_ips == {"default/web": "10.0.0.1"}
 
 
 # --------------------------------------------------------------------------------------------------

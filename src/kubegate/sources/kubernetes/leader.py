@@ -190,7 +190,8 @@ class LeaderElector:
 
     async def _acquire(self) -> None:
         while not self._released:
-            if await self.try_acquire_or_renew():
+            # released while the round was in flight: do not start leading after release() stopped us
+            if await self.try_acquire_or_renew() and not self._released:
                 self._set_leading(True)
                 return
             await asyncio.sleep(self.retry_period * (1 + JITTER * random.random()))
