@@ -162,6 +162,7 @@ async def gateway(
     *,
     options: Options | None = None,
     transport: httpx2.AsyncBaseTransport | None = None,
+    namespace: str | None = None,
 ) -> AsyncIterator[Gateway]:
     connection = resolve(
         KubeSettings(kubeconfig=write_kubeconfig(tmp_path / "kubeconfig", api.url)), transport=transport
@@ -176,6 +177,7 @@ async def gateway(
         access_log=None,
         drain_seconds=0.5,
         kubernetes=connection,
+        kubernetes_namespace=namespace,
     )
     gw = Gateway(config)
     await asyncio.wait_for(gw.start(), 10)
@@ -278,6 +280,19 @@ async def test_only_our_ingress_class_is_served(api: FakeApiServer, tmp_path: Pa
         async with gateway(api, tmp_path, options=options) as gw:
             assert await fetch(gw, "/none") == (200, "one")
             assert (await fetch(gw, "/theirs"))[0] == 404
+
+
+async def test_namespace_scoping(api: FakeApiServer, tmp_path: Path) -> None:
+    async with echo_backends("one", "two") as ports:
+        api.create(ingress_class())
+        for namespace, port in (("team", ports["one"]), ("default", ports["two"])):
+            api.create({**service("s1"), "metadata": {"name": "s1", "namespace": namespace}})
+            api.create({**endpoints("s1", port), "metadata": {"name": "s1", "namespace": namespace}})
+            routed = ingress("web", (f"/{namespace}", "s1"))
+            api.create({**routed, "metadata": {"name": "web", "namespace": namespace}})
+        async with gateway(api, tmp_path, namespace="team") as gw:
+            assert await fetch(gw, "/team") == (200, "one")  # the IngressClass is cluster-wide: seen
+            assert (await fetch(gw, "/default"))[0] == 404
 
 
 async def test_a_dropped_watch_resumes_without_a_relist(api: FakeApiServer, tmp_path: Path) -> None:
