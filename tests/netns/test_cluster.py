@@ -193,10 +193,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
 
 @pytest.fixture(autouse=True)
-def process_logs(env: Env) -> Iterator[None]:
-    """The kubegate and haproxy logs, printed after each test: pytest shows them when the test failed."""
+def process_logs(env: Env, request: pytest.FixtureRequest) -> Iterator[None]:
+    """The kubegate and haproxy logs, printed after a test that failed (pytest shows them with it)."""
+    failed = request.session.testsfailed
     yield
-    print(env.cluster.logs())
+    if request.session.testsfailed > failed:
+        print(env.cluster.logs())
 
 
 def test_clusterip_reaches_every_endpoint_from_pods_and_nodes_and_never_answers_ping(env: Env) -> None:
