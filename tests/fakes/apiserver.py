@@ -17,8 +17,9 @@ thread:
   (what kube-apiserver's watch cache sends); bookmarks; timeoutSeconds; synthetic ADDED events when the
   resourceVersion is unset or "0"; sendInitialEvents with the ``k8s.io/initial-events-end`` bookmark.
 - create (201, 409 AlreadyExists, generateName), update (409 Conflict on a stale resourceVersion),
-  patch (merge, strategic merge treated as merge (lists replaced, not merged by key), JSON patch,
-  server-side apply approximated as create-or-merge without field ownership), delete (finalizers honoured:
+  patch (JSON merge patch; strategic merge patch with merge keys for the served kinds' merging lists and
+  kubectl's directives, see strategic.py; JSON patch; server-side apply approximated as create-or-strategic-
+  merge, without field ownership or managedFields), delete (finalizers honoured:
   the object is marked and removed when they are cleared; deleting a Namespace deletes its contents),
   deletecollection; 404/400/405/415/422 as Status objects.
 
@@ -50,6 +51,7 @@ from tests.fakes.cluster import Cluster, EndStream, ExpireStream, Obj, Watch, Wa
 from tests.fakes.errors import ApiError
 from tests.fakes.resources import ResourceType
 from tests.fakes.selectors import parse_field_selector, parse_label_selector
+from tests.fakes.strategic import strategic_merge_patch
 
 KUBE_VERSION = {
     "major": "1",
@@ -416,12 +418,17 @@ class _Handler(BaseHTTPRequestHandler):
                 body = {**applied, "metadata": {**(applied.get("metadata") or {}), "name": target.name}}
                 self._send_json(201, cluster.create(target.resource, target.scope_namespace, body))
                 return
-            edit: Callable[[Obj], Any] = lambda current: patches.merge_patch(current, applied)  # noqa: E731
+            kind = target.resource.kind
+            edit: Callable[[Obj], Any] = lambda current: strategic_merge_patch(kind, current, applied)  # noqa: E731
         elif content_type in (patches.MERGE_PATCH, patches.STRATEGIC_MERGE_PATCH):
             body = self._json_body(raw)
             if not isinstance(body, dict):
                 raise errors.bad_request("a merge patch must be a JSON object")
-            edit = lambda current: patches.merge_patch(current, body)  # noqa: E731
+            if content_type == patches.STRATEGIC_MERGE_PATCH:
+                kind = target.resource.kind
+                edit = lambda current: strategic_merge_patch(kind, current, body)  # noqa: E731
+            else:
+                edit = lambda current: patches.merge_patch(current, body)  # noqa: E731
         elif content_type == patches.JSON_PATCH:
             operations = self._json_body(raw)
             edit = lambda current: patches.json_patch(current, operations)  # noqa: E731

@@ -1,10 +1,4 @@
-"""PATCH bodies: JSON merge patch (RFC 7386) and JSON patch (RFC 6902).
-
-Strategic merge patch is applied as a JSON merge patch: lists are replaced whole rather than merged by
-their patch-merge key, and ``$patch``/``$retainKeys`` directives are not interpreted. That is what kubegate
-and kubectl send for the objects used here (metadata, spec fields, status), and it is documented in the
-server's module docstring; a test that needs list merging by key would see the difference.
-"""
+"""PATCH bodies: JSON merge patch (RFC 7386) and JSON patch (RFC 6902); strategic merge is in strategic.py."""
 
 from __future__ import annotations
 

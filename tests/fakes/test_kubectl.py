@@ -294,3 +294,16 @@ def test_describe_lists_the_objects_events(kubectl: Kubectl) -> None:
     assert any(
         line.split()[:2] == ["Normal", "Synced"] and "routes published by kubegate" in line for line in events
     )
+
+
+def test_apply_changing_one_of_two_ports_keeps_the_other(kubectl: Kubectl) -> None:
+    two_ports = SERVICE + "  - name: https\n    port: 443\n    targetPort: 8443\n"
+    kubectl.ok("apply", "-f", kubectl.write("svc.yaml", two_ports))
+    kubectl.ok("apply", "-f", kubectl.write("svc2.yaml", two_ports.replace("8080", "9090")))
+    spec = kubectl.get_json("svc", "web")["spec"]
+    assert [(p["port"], p["targetPort"]) for p in spec["ports"]] == [(80, 9090), (443, 8443)]
+    assert not [key for key in spec if key.startswith("$")]
+    kubectl.ok("label", "svc", "web", "tier=edge")
+    kubectl.ok("annotate", "svc", "web", "note=x")
+    metadata = kubectl.get_json("svc", "web")["metadata"]
+    assert metadata["labels"] == {"app": "web", "tier": "edge"} and metadata["annotations"]["note"] == "x"
