@@ -148,3 +148,20 @@ async def test_a_lasting_problem_is_logged_once(tmp_path: Path, caplog: pytest.L
         assert report.changed and len(report.problems) == 1
         logged = [r.getMessage() for r in caplog.records if "Ingress default/bad" in r.getMessage()]
         assert len(logged) == 1, logged
+
+
+async def test_a_change_to_fields_we_do_not_read_signals_nothing(tmp_path: Path) -> None:
+    api = StubApi()
+    api.put("services", service("web"))
+    async with source_on(api, tmp_path) as source:
+        await source.start()
+        await until(lambda: len(api.streams) == len(source.informers))
+        source.changed.clear()
+        touched = service("web")
+        touched["metadata"]["managedFields"] = [{"manager": "kubectl", "operation": "Update"}]
+        api.put("services", touched)
+        await until(lambda: source.quiet_changes == 1)
+        assert not source.changed.is_set()
+        api.put("services", service("web", port=81))
+        await asyncio.wait_for(source.changed.wait(), 3)
+        assert source.quiet_changes == 1

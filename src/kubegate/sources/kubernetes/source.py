@@ -19,6 +19,7 @@ import random
 from collections.abc import Iterable
 
 import httpx2
+import msgspec
 
 from kubegate.objects.kinds import IngressClass
 from kubegate.objects.meta import ObjectKey
@@ -79,13 +80,31 @@ class KubernetesSource:
         self._controllers: dict[str, str] = {}
         # bumped on every change; load() rebuilds its tuples only when it moved
         self.generation = 0
+        # changes that altered nothing kubegate reads, so did not signal `changed`
+        self.quiet_changes = 0
         self._built: tuple[int, LoadResult] | None = None
 
     def __str__(self) -> str:
         scope = f"namespace {self.namespace}" if self.namespace is not None else "all namespaces"
         return f"{self.connection.server} ({scope})"
 
+    def _only_version_moved(self, key: ObjectKey, entry: Entry) -> bool:
+        """The new version reads the same as the old one apart from its resourceVersion: fields we do not
+        decode changed (managedFields, a Pod condition's timestamps, status we do not read)."""
+        old = self._objects.get(key)
+        if old is None or entry.object is None or self._problems.get(key, ()) != entry.problems:
+            return False
+        version = old.obj.metadata.resource_version
+        aligned = msgspec.structs.replace(
+            entry.object, metadata=msgspec.structs.replace(entry.object.metadata, resource_version=version)
+        )
+        return bool(aligned == old.obj)
+
     def _on_change(self, key: ObjectKey, entry: Entry | None) -> None:
+        # still stored (the cache stays exact), but nothing to reload for
+        quiet = entry is not None and self._only_version_moved(key, entry)
+        if quiet:
+            self.quiet_changes += 1
         self._problem_classes.pop(key, None)
         if key.kind == "IngressClass":
             self._controllers.pop(key.name, None)
@@ -106,7 +125,8 @@ class KubernetesSource:
             else:
                 self._problems.pop(key, None)
         self.generation += 1
-        self.changed.set()
+        if not quiet:
+            self.changed.set()
 
     async def start(self) -> None:
         """Start one informer per kind and wait until each has listed once (the store must not translate a
