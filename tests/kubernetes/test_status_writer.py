@@ -15,6 +15,7 @@ from kubegate.objects.decode import decode_object
 from kubegate.objects.meta import ObjectKey
 from kubegate.objects.snapshot import Snapshot
 from kubegate.sources.kubernetes.allocations import allocations_from_cluster
+from kubegate.sources.kubernetes.leader import LeaderElector
 from kubegate.sources.kubernetes.status_writer import StatusWriter, load_balancer_ingress
 from kubegate.translate import translate
 from kubegate.translate.context import Options, Pool, Translation
@@ -449,3 +450,56 @@ async def test_run_writes_the_latest_submitted_translation(api: FakeApiServer, c
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+def leader_check(elector: LeaderElector) -> Callable[[], bool]:
+    return lambda: elector.is_leader
+
+
+async def test_after_a_hand_over_the_new_leader_keeps_written_ips_and_hands_out_free_ones(
+    api: FakeApiServer,
+) -> None:
+    clients = [client_for(api.url), client_for(api.url)]
+    electors = [
+        LeaderElector(
+            c,
+            "kube-system",
+            "kubegate",
+            f"replica-{i}",
+            lease_duration=1.0,
+            renew_deadline=0.6,
+            retry_period=0.1,
+        )
+        for i, c in enumerate(clients)
+    ]
+    writers = [StatusWriter(c, is_leader=leader_check(e)) for c, e in zip(clients, electors, strict=True)]
+    tasks = [asyncio.create_task(electors[0].run())]
+    try:
+        async with asyncio.timeout(3):
+            await electors[0].leading.wait()
+        tasks.append(asyncio.create_task(electors[1].run()))
+        api.create(service("web"))
+        for writer in writers:  # both replicas reconcile; only the leader's writes reach the cluster
+            snapshot = snapshot_of(api)
+            await writer.write(translated(snapshot), snapshot, OPTIONS)
+        assert shown(api, "Service", "web") == [{"ip": "10.0.0.0"}]
+
+        tasks[0].cancel()  # replica 0 dies
+        async with asyncio.timeout(3):
+            await electors[1].leading.wait()
+        api.create(service("api"))
+        before = len(api.requests)
+        snapshot = snapshot_of(api)
+        report = await writers[1].write(translated(snapshot), snapshot, OPTIONS)
+        assert report.patched == [ObjectKey("Service", "default", "api")]
+        assert shown(api, "Service", "api") == [{"ip": "10.0.0.1"}]
+        assert shown(api, "Service", "web") == [{"ip": "10.0.0.0"}]
+        assert writes(api, before) == [("PATCH", SERVICE_STATUS_PATH.format("api"))]
+        # the dead replica's writer refuses to write now
+        assert (await writers[0].write(translated(snapshot), snapshot, OPTIONS)).not_leader
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for c in clients:
+            await c.close()

@@ -295,6 +295,7 @@ class StatusWriter:
             report.not_leader = True
             return report
         planned = plan_status(translation, snapshot, options, self._ingress_addresses)
+        self._forget_deleted(snapshot)
         patches = [patch for patch in planned if not self._already_written(patch)]
         report.unchanged = len(snapshot.services) + len(snapshot.ingresses) - len(patches)
         clears = [patch for patch in patches if not patch.claims]
@@ -314,6 +315,17 @@ class StatusWriter:
                 if not await self._send(patch, report):
                     return report
         return report
+
+    def _forget_deleted(self, snapshot: Snapshot) -> None:
+        if len(self._written) <= len(snapshot.services) + len(snapshot.ingresses):
+            # memory stays bounded by the number of objects; walking only beyond that keeps it cheap
+            return
+        self._written = {
+            key: written
+            for key, written in self._written.items()
+            if (key.namespace, key.name)
+            in (snapshot.services if key.kind == "Service" else snapshot.ingresses)
+        }
 
     def _already_written(self, patch: StatusPatch) -> bool:
         # we sent exactly this against exactly this version of the object: the snapshot has not caught
@@ -393,11 +405,6 @@ class StatusWriter:
     def _delay(self, attempt: int) -> float:
         # full jitter: replicas and retries spread out instead of hammering a recovering server together
         return random.uniform(0, min(self._max_backoff, self._backoff * 2**attempt))
-
-    def forget(self, keys: Iterable[ObjectKey]) -> None:
-        """Drop memory of writes for deleted objects (optional: memory is per object, and small)."""
-        for key in keys:
-            self._written.pop(key, None)
 
 
 __all__ = [
