@@ -29,6 +29,7 @@ from kubegate.planes.proxy.http import (
     HOP_BY_HOP,
     ProxySettings,
     TrustedNetworks,
+    connection_value_tokens,
     error_response,
     last_chunk,
     status_line,
@@ -38,15 +39,23 @@ from kubegate.planes.proxy.router import BadPath, Match, Router, normalize_host
 from kubegate.planes.proxy.tls import CertificateError, TlsContexts
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-_NO_TOKENS: frozenset[bytes] = frozenset()
 # Connection tokens that name no header we would forward anyway
 _DROPPED_ANYWAY = HOP_BY_HOP | {b"close"}
 
 
-def _add_tokens(tokens: set[bytes] | None, value: bytes) -> set[bytes]:
-    """Tokens of one Connection header value added to those seen so far."""
-    found = {t.strip().lower() for t in value.split(b",")}
-    return found if tokens is None else tokens | found
+# headers that ClientConnection._control_header reads or replaces; all others are forwarded as they came
+_CONTROL_HEADERS = HOP_BY_HOP | FORWARDING | {b"host", b"content-length", b"expect"}
+# never removed because a Connection header names them: the framing and the routing are the proxy's
+_NEVER_DROPPED = frozenset({b"host", b"content-length", b"transfer-encoding"})
+
+
+def _without(lines: list[bytes], names: set[bytes]) -> list[bytes]:
+    """Header lines (four parts each: name, ": ", value, CRLF) without those whose name is in names."""
+    kept: list[bytes] = []
+    for i in range(0, len(lines), 4):
+        if lines[i].lower() not in names:
+            kept += lines[i : i + 4]
+    return kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +106,11 @@ class _Request:
         "expect_continue",
         "headers",
         "host",
+        "host_raw",
+        "hosts",
+        "incoming",
         "keep_alive",
+        "lines",
         "match",
         "method",
         "pending",
@@ -105,6 +118,7 @@ class _Request:
         "published",
         "started",
         "target",
+        "tokens",
         "trailers",
         "upgrade",
         "version",
@@ -114,6 +128,14 @@ class _Request:
         self.published = published
         self.target = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        # sorted while the headers are parsed: end-to-end lines to forward (name, b": ", value, b"\r\n"
+        # each; Host and hop-by-hop ones left out), the Host header(s), the forwarding headers of a
+        # trusted peer, and the tokens of Connection headers beyond keep-alive/close
+        self.lines: list[bytes] = []
+        self.hosts = 0
+        self.host_raw: bytes | None = None
+        self.incoming: dict[bytes, bytes] | None = None
+        self.tokens: set[bytes] | None = None
         self.method = "GET"
         self.version = "1.1"
         self.host = ""
@@ -194,6 +216,8 @@ class ClientConnection(asyncio.Protocol):
         # the X-Forwarded-* lines around the host for requests carrying none we believe, built for
         # fwd_peer (the peer is fixed per connection, but set after construction)
         self.fwd_peer: str | None = None
+        # whether the peer is a trusted proxy whose X-Forwarded-* headers we extend (set when connected)
+        self.from_trusted = False
         self.fwd_prefix = b""
         self.fwd_suffix = b""
 
@@ -208,6 +232,7 @@ class ClientConnection(asyncio.Protocol):
         sock = transport.get_extra_info("sockname")
         self.local_port = sock[1] if isinstance(sock, tuple) else 0
         server = self.server
+        self.from_trusted = self.peer in server.trusted
         if len(server.connections) >= self.settings.max_connections:
             transport.write(error_response(503, "too many connections", close=True))
             transport.close()
@@ -367,6 +392,41 @@ class ClientConnection(asyncio.Protocol):
         if self.header_bytes > self.settings.max_header_bytes or len(req.headers) > self.settings.max_headers:
             self.head_too_large = True
             raise _HeadersTooLarge
+        lname = name.lower()
+        if lname in _CONTROL_HEADERS:
+            self._control_header(req, lname, name, value)
+        else:
+            req.lines += (name, b": ", value, b"\r\n")
+
+    def _control_header(self, req: _Request, lname: bytes, name: bytes, value: bytes) -> None:
+        """A header the proxy reads or replaces instead of passing it on as it is."""
+        if lname == b"host":
+            req.hosts += 1
+            req.host_raw = value
+        elif lname == b"content-length":
+            # llhttp has checked the digits; forwarded as is (the body is relayed byte for byte)
+            req.content_length = int(value)
+            req.lines += (name, b": ", value, b"\r\n")
+        elif lname in FORWARDING:
+            # believed only from a trusted proxy, else replaced by what we know; repeats are joined
+            if self.from_trusted:
+                incoming = req.incoming
+                if incoming is None:
+                    incoming = req.incoming = {}
+                previous = incoming.get(lname)
+                incoming[lname] = value if previous is None else previous + b", " + value
+        elif lname == b"expect":
+            if value.lower() == b"100-continue":
+                req.expect_continue = True
+        elif lname == b"transfer-encoding":
+            req.chunked = True
+        elif lname == b"upgrade":
+            req.upgrade = value
+        elif lname == b"connection":
+            tokens = connection_value_tokens(value)
+            if tokens:
+                req.tokens = tokens if req.tokens is None else req.tokens | tokens
+        # the other hop-by-hop headers (keep-alive, te, trailer, proxy-connection) end here
 
     def on_headers_complete(self) -> None:
         req = self.parsing
@@ -391,28 +451,17 @@ class ClientConnection(asyncio.Protocol):
         self._enqueue(req)
 
     def _inspect(self, req: _Request) -> None:
-        hosts = 0
-        host = b""
-        for name, value in req.headers:
-            lname = name.lower()
-            if lname == b"host":
-                hosts += 1
-                host = value
-            elif lname == b"content-length":
-                req.content_length = int(value)
-            elif lname == b"transfer-encoding":
-                req.chunked = True
-            elif lname == b"expect" and value.lower() == b"100-continue":
-                req.expect_continue = True
-            elif lname == b"upgrade" and self.parser.should_upgrade():
-                req.upgrade = value
+        if req.upgrade is not None and not self.parser.should_upgrade():
+            req.upgrade = None
         if req.version not in ("1.1", "1.0"):
             req.error = (400, f"unsupported HTTP version {req.version}")
             return
+        hosts = req.hosts
         if hosts > 1 or (hosts == 0 and req.version == "1.1"):
             req.error = (400, "exactly one Host header is required")
             return
-        req.host = host.decode("latin-1")
+        if req.host_raw is not None:
+            req.host = req.host_raw.decode("latin-1")
         try:
             req.match = req.published.router.match(req.host, req.target.decode("latin-1"))
         except BadPath as exc:
@@ -752,44 +801,26 @@ class ClientConnection(asyncio.Protocol):
         self._finished(self.resp_keep_alive)
 
     def _request_head(self, req: _Request, match: Match) -> bytes:
-        head, tokens = self._build_request_head(req, match, _NO_TOKENS)
-        if tokens and not tokens <= _DROPPED_ANYWAY:
-            # Connection names other headers: build again without them (rare; the usual tokens are
-            # keep-alive and close, which change nothing)
-            head, _ = self._build_request_head(req, match, tokens)
-        return head
-
-    def _build_request_head(
-        self, req: _Request, match: Match, drop: frozenset[bytes] | set[bytes]
-    ) -> tuple[bytes, set[bytes] | None]:
-        """The upstream request head without hop-by-hop headers and those in drop, and the tokens of
-        the request's Connection headers (None without any)."""
+        """The upstream request head: the client's end-to-end headers, our Host, forwarding and framing."""
         target = match.rewritten.encode("latin-1") if match.rewritten is not None else req.target
-        parts = [req.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
-        tokens: set[bytes] | None = None
-        trusted = self.server.trusted
-        from_trusted = self.peer in trusted
-        incoming: dict[bytes, bytes] = {}
         route = match.route
         vhost_override = route.options.upstream_vhost if route is not None else None
-        for name, value in req.headers:
-            lname = name.lower()
-            if lname in HOP_BY_HOP:
-                if lname == b"connection":
-                    tokens = _add_tokens(tokens, value)
-                continue
-            if lname in drop or lname == b"expect":
-                continue
-            if lname in FORWARDING:
-                if from_trusted:
-                    previous = incoming.get(lname)
-                    incoming[lname] = value if previous is None else previous + b", " + value
-                continue
-            if lname == b"host" and vhost_override:
-                value = vhost_override.encode("latin-1")
-            parts += (name, b": ", value, b"\r\n")
-        if req.version == "1.0" and not req.host and vhost_override is None:
-            parts.append(b"Host: %b\r\n" % (req.host.encode("latin-1") or b"localhost"))
+        if vhost_override:
+            host = vhost_override.encode("latin-1")
+        else:
+            # an HTTP/1.0 request may come without Host; HTTP/1.1 upstreams need one
+            host = req.host_raw if req.host_raw is not None else b"localhost"
+        lines = req.lines
+        incoming = req.incoming
+        tokens = req.tokens
+        if tokens is not None and not tokens <= _DROPPED_ANYWAY:
+            # Connection names other headers: leave them out (rare; the usual tokens are keep-alive and
+            # close). Framing and routing stay ours whatever it names.
+            named = tokens - _NEVER_DROPPED
+            lines = _without(lines, named)
+            if incoming is not None:
+                incoming = {k: v for k, v in incoming.items() if k not in named}
+        parts = [req.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n", *lines]
         if incoming:
             parts.append(self._trusted_forwarding(req, incoming))
         else:
@@ -798,7 +829,7 @@ class ClientConnection(asyncio.Protocol):
                 peer = self.peer.encode("latin-1")
                 self.fwd_prefix = (
                     b"X-Forwarded-For: %b\r\nX-Real-IP: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: "
-                    % (peer, trusted.real_client(self.peer, None).encode("latin-1"), self.scheme)
+                    % (peer, self.server.trusted.real_client(self.peer, None).encode("latin-1"), self.scheme)
                 )
                 self.fwd_suffix = b"\r\nX-Forwarded-Port: %d\r\n" % self.local_port
                 self.fwd_peer = self.peer
@@ -808,7 +839,7 @@ class ClientConnection(asyncio.Protocol):
         if req.upgrade is not None:
             parts += (b"Connection: upgrade\r\nUpgrade: ", req.upgrade, b"\r\n")
         parts.append(b"\r\n")
-        return b"".join(parts), tokens
+        return b"".join(parts)
 
     def _trusted_forwarding(self, req: _Request, incoming: dict[bytes, bytes]) -> bytes:
         """The X-Forwarded-* lines extending what a trusted proxy told us."""
