@@ -215,6 +215,15 @@ async def test_followers_log_but_write_nothing(
     assert "Ingress shop/web spec.rules[0].http.paths[0].path: must start with /" in messages[0]
 
 
+async def test_logging_can_be_left_to_the_caller(
+    api: FakeApiServer, client: AsyncClient, clocks: Clocks, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="kubegate.kubernetes.events"):
+        report = await recorder(client, clocks, log_problems=False).record([BAD_PATH], SNAPSHOT)
+    assert report.created == [WEB]
+    assert caplog.records == []
+
+
 async def test_api_failures_are_reported_not_raised(api: FakeApiServer, clocks: Clocks) -> None:
     class Refusing(httpx2.AsyncBaseTransport):
         async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:

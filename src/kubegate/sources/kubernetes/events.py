@@ -159,6 +159,7 @@ class EventRecorder:
         *,
         host: str | None = None,
         is_leader: Callable[[], bool] = lambda: True,
+        log_problems: bool = True,
         repeat_interval: float = 60.0,
         object_burst: int = 25,
         object_refill_seconds: float = 300.0,
@@ -173,6 +174,8 @@ class EventRecorder:
         self.component = component
         self.host = host if host is not None else socket.gethostname()
         self._is_leader = is_leader
+        # off when the caller logs problems itself (the Reconciler does, as they appear)
+        self._log_problems = log_problems
         self._repeat_interval = repeat_interval
         self._object_burst = object_burst
         self._object_rate = 1.0 / object_refill_seconds
@@ -233,6 +236,8 @@ class EventRecorder:
         return report
 
     def _log_once(self, key: _Key, problem: Reportable) -> None:
+        if not self._log_problems:
+            return
         if key in self._logged:
             self._logged.move_to_end(key)
             return
