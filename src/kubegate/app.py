@@ -206,7 +206,14 @@ class Gateway:
             text = "".join(f"{problem}\n" for problem in self.reconciler.last_problems) or "no problems\n"
             return 200, "text/plain", text.encode()
 
+        def debug_informers() -> Response:
+            source = self.reconciler.source
+            if not isinstance(source, KubernetesSource):
+                return 404, "text/plain", b"not reading from the Kubernetes API\n"
+            return 200, "text/plain", "".join(f"{line}\n" for line in source.describe()).encode()
+
         return {
+            "/debug/informers": debug_informers,
             "/healthz": healthz,
             "/readyz": readyz,
             "/metrics": lambda: (200, "text/plain; version=0.0.4", metrics()),

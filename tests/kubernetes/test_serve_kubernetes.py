@@ -295,6 +295,34 @@ async def test_namespace_scoping(api: FakeApiServer, tmp_path: Path) -> None:
             assert (await fetch(gw, "/default"))[0] == 404
 
 
+async def test_debug_informers_shows_each_watch(api: FakeApiServer, tmp_path: Path) -> None:
+    api.create(ingress_class())
+    connection = resolve(KubeSettings(kubeconfig=write_kubeconfig(tmp_path / "kubeconfig", api.url)))
+    config = ServeConfig(
+        paths=(),
+        options=Options(serve_ingress_without_class=False, addresses_from_spec=True),
+        listen=("127.0.0.1", 0),
+        tls_listen=None,
+        admin_listen=("127.0.0.1", 0),
+        node_address=None,
+        access_log=None,
+        kubernetes=connection,
+    )
+    gw = Gateway(config)
+    await asyncio.wait_for(gw.start(), 10)
+    try:
+        assert gw.admin is not None
+        async with httpx2.AsyncClient() as http:
+            response = await http.get(f"http://127.0.0.1:{gw.admin.port}/debug/informers")
+        assert response.status_code == 200
+        lines = response.text.splitlines()
+        assert lines[0].startswith(f"source {api.url} (all namespaces): synced")
+        (classes,) = [line for line in lines if line.startswith("IngressClass:")]
+        assert "objects=1 lists=1" in classes
+    finally:
+        await gw.stop()
+
+
 async def test_a_dropped_watch_resumes_without_a_relist(api: FakeApiServer, tmp_path: Path) -> None:
     async with echo_backends("one", "two") as ports:
         api.create(ingress_class())

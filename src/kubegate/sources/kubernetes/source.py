@@ -188,6 +188,21 @@ class KubernetesSource:
         self._built = (self.generation, result)
         return result
 
+    def describe(self) -> list[str]:
+        """One line per informer, for /debug/informers: where each watch stands and how it has fared."""
+        lines = [f"source {self}: {'synced' if self.synced else 'not synced'}, {len(self._objects)} objects"]
+        for informer in self.informers:
+            state = "synced" if informer.synced.is_set() else "listing"
+            line = (
+                f"{informer.resource.kind}: {state} resourceVersion={informer.resource_version or '-'} "
+                f"objects={len(informer.cache)} lists={informer.lists} watches={informer.watches} "
+                f"expired={informer.expirations} failures={informer.failures}"
+            )
+            if informer.last_error:
+                line += f" last_error={informer.last_error}"
+            lines.append(line)
+        return lines
+
     def _belongs_to_another_controller(self, key: ObjectKey) -> bool:
         class_name = self._problem_classes.get(key)
         if class_name is None or class_name == LEGACY_CLASS_VALUE:
