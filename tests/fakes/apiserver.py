@@ -18,14 +18,19 @@ thread:
   resourceVersion is unset or "0"; sendInitialEvents with the ``k8s.io/initial-events-end`` bookmark.
 - create (201, 409 AlreadyExists, generateName), update (409 Conflict on a stale resourceVersion),
   patch (JSON merge patch; strategic merge patch with merge keys for the served kinds' merging lists and
-  kubectl's directives, see strategic.py; JSON patch; server-side apply approximated as create-or-strategic-
-  merge, without field ownership or managedFields), delete (finalizers honoured:
-  the object is marked and removed when they are cleared; deleting a Namespace deletes its contents),
-  deletecollection; 404/400/405/415/422 as Status objects.
+  kubectl's directives, see strategic.py; JSON patch; server-side apply approximated as create or
+  strategic merge, without field ownership or managedFields), delete (finalizers honoured: the object is
+  marked and removed when they are cleared; deleting a Namespace deletes its contents at once),
+  deletecollection; 404/400/405/415/422/504 as Status objects.
+- defaulting and allocation where clients see it (Service ClusterIP from 10.96.0.0/12, nodePorts,
+  targetPort, protocol; Namespace finalizer and phase; see defaults.py) and the validation in
+  validation.py; kubectl works against it (server-side Table printing, a minimal /openapi/v3).
 
-Simplifications, on purpose: no authentication; objects may be created in Namespaces that do not exist;
-no admission, no controllers (Endpoints are not derived from Services); dryRun is refused (400) rather
-than faked; list items omit apiVersion/kind exactly as the real server's JSON lists do.
+Simplifications, on purpose: no authentication; unless ``strict=True``, objects may be created in
+Namespaces that do not exist and Ingress hosts are not validated; no admission and no controllers
+(Endpoints are not derived from Services, no ``kubernetes`` Service); dryRun is refused (400) rather than
+faked; list items omit apiVersion/kind exactly as the real server's JSON lists do; v1 and events.k8s.io/v1
+Events are stored separately (kube converts between them).
 """
 
 from __future__ import annotations
@@ -583,9 +588,11 @@ class FakeApiServer:
     ``ApiError`` (with the same code, reason and message the HTTP API would send) on refusal.
     """
 
-    def __init__(self, *, bookmark_interval: float = 1.0) -> None:
+    def __init__(self, *, bookmark_interval: float = 1.0, strict: bool = False) -> None:
+        """``strict``: also refuse objects in missing Namespaces and Ingress hosts that are not DNS names,
+        as kube does (off by default so scenario tests need not create Namespaces first)."""
         self.bookmark_interval = bookmark_interval
-        self.cluster = Cluster()
+        self.cluster = Cluster(strict=strict)
         self.requests: list[tuple[str, str]] = []
         self.url = ""
         self._server: _Server | None = None

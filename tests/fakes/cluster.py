@@ -121,7 +121,11 @@ def _content(obj: Obj) -> Obj:
 
 
 class Cluster:
-    def __init__(self) -> None:
+    """All state of the fake; ``strict`` turns on the checks kube makes that the fake skips by default:
+    objects only in existing Namespaces (404 otherwise) and Ingress hosts validated as DNS names."""
+
+    def __init__(self, *, strict: bool = False) -> None:
+        self.strict = strict
         self.lock = threading.RLock()
         self.resource_version = 0
         # Watches and exact lists from before this resourceVersion get 410: history before it is gone.
@@ -218,7 +222,7 @@ class Cluster:
 
     def _validate(self, resource: ResourceType, obj: Obj) -> None:
         name = obj["metadata"]["name"]
-        problems = name_problems(resource.kind, name) + spec_problems(resource.kind, obj)
+        problems = name_problems(resource.kind, name) + spec_problems(resource.kind, obj, strict=self.strict)
         if problems:
             raise errors.invalid(resource.kind, resource.group, name, problems)
 
@@ -234,7 +238,7 @@ class Cluster:
         with self.lock:
             if not metadata.get("name"):
                 prefix = metadata.get("generateName")
-                if not prefix:
+                if not prefix or not isinstance(prefix, str):
                     raise errors.invalid(
                         resource.kind,
                         resource.group,
@@ -251,6 +255,12 @@ class Cluster:
             if not isinstance(name, str):
                 raise errors.bad_request("metadata.name must be a string")
             key = (namespace if resource.namespaced else "", name)
+            if (
+                self.strict
+                and resource.namespaced
+                and ("", namespace) not in self._objects.get(("", "namespaces"), {})
+            ):
+                raise errors.not_found("", "namespaces", namespace)
             if key in self._bucket(resource):
                 raise errors.already_exists(resource.group, resource.plural, name)
             for dropped in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds"):

@@ -331,3 +331,42 @@ def test_clean_drop_ends_the_stream_with_its_final_chunk(server: FakeApiServer) 
             time.sleep(0.01)
         server.drop_watches()
         assert list(response.iter_lines()) == []  # ended cleanly: no exception
+
+
+def test_strict_mode_wants_namespaces_and_dns_hosts() -> None:
+    def ingress(host: str) -> dict[str, Any]:
+        backend = {"service": {"name": "web", "port": {"number": 80}}}
+        return {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {"name": "i"},
+            "spec": {
+                "rules": [
+                    {
+                        "host": host,
+                        "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": backend}]},
+                    }
+                ]
+            },
+        }
+
+    with FakeApiServer(strict=True) as strict:
+        code, status = call(strict.url, "POST", "/api/v1/namespaces/shop/configmaps", configmap("c"))
+        assert code == 404 and status["message"] == 'namespaces "shop" not found'
+        call(
+            strict.url,
+            "POST",
+            "/api/v1/namespaces",
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}},
+        )
+        code, _ = call(strict.url, "POST", "/api/v1/namespaces/shop/configmaps", configmap("c"))
+        assert code == 201
+        path = "/apis/networking.k8s.io/v1/namespaces/default/ingresses"
+        for bad in ("Bad_Host.example", "192.0.2.1", "*.*.example"):
+            code, status = call(strict.url, "POST", path, ingress(bad))
+            assert code == 422 and f'spec.rules[0].host: Invalid value: "{bad}"' in status["message"], bad
+        code, _ = call(strict.url, "POST", path, ingress("*.shop.example"))
+        assert code == 201
+    with FakeApiServer() as lenient:  # the default: scenario tests need not create Namespaces
+        code, _ = call(lenient.url, "POST", "/api/v1/namespaces/shop/configmaps", configmap("c"))
+        assert code == 201

@@ -7,6 +7,7 @@ kube's wording; the caller turns them into one 422 Invalid Status.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 
@@ -105,7 +106,29 @@ def _ingress_backend_problems(backend: Any, where: str) -> list[tuple[str, str]]
     return []
 
 
-def _ingress_problems(spec: dict[str, Any]) -> list[tuple[str, str]]:
+def _host_problems(host: Any, where: str) -> list[tuple[str, str]]:
+    """kube's Ingress host rule: a DNS-1123 subdomain, optionally with one leading ``*.``, not an IP."""
+    text = str(host)
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        pass
+    else:
+        return [(where, f'Invalid value: "{text}": must be a DNS name, not an IP address')]
+    bare = text[2:] if text.startswith("*.") else text
+    if len(text) > 253 or not _SUBDOMAIN.match(bare):
+        kind = "a wildcard DNS-1123 subdomain" if text.startswith("*") else "a lowercase RFC 1123 subdomain"
+        return [
+            (
+                where,
+                f'Invalid value: "{text}": {kind} must consist of lower case alphanumeric characters, '
+                "'-' or '.', and must start and end with an alphanumeric character",
+            )
+        ]
+    return []
+
+
+def _ingress_problems(spec: dict[str, Any], strict: bool) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     if "defaultBackend" in spec:
         problems += _ingress_backend_problems(spec["defaultBackend"], "spec.defaultBackend")
@@ -115,6 +138,8 @@ def _ingress_problems(spec: dict[str, Any]) -> list[tuple[str, str]]:
             ("spec.rules", "Required value: either `defaultBackend` or `rules` must be specified")
         )
     for r, rule in enumerate(rules if isinstance(rules, list) else []):
+        if strict and isinstance(rule, dict) and rule.get("host"):
+            problems += _host_problems(rule["host"], f"spec.rules[{r}].host")
         http = rule.get("http") if isinstance(rule, dict) else None
         if not isinstance(http, dict):
             continue
@@ -141,10 +166,11 @@ def _ingress_problems(spec: dict[str, Any]) -> list[tuple[str, str]]:
     return problems
 
 
-def spec_problems(kind: str, obj: dict[str, Any]) -> list[tuple[str, str]]:
+def spec_problems(kind: str, obj: dict[str, Any], *, strict: bool = False) -> list[tuple[str, str]]:
+    """Problems in ``obj``'s spec; ``strict`` adds the checks the fake skips by default (Ingress hosts)."""
     spec = obj.get("spec")
     if kind == "Service":
         return _service_problems(spec if isinstance(spec, dict) else {})
     if kind == "Ingress":
-        return _ingress_problems(spec if isinstance(spec, dict) else {})
+        return _ingress_problems(spec if isinstance(spec, dict) else {}, strict)
     return []
