@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -247,3 +248,20 @@ async def test_long_messages_are_cut(api: FakeApiServer, client: AsyncClient, cl
     [event] = events(api)
     assert len(event["message"]) == 1024
     assert event["message"].endswith("...")
+
+
+async def test_run_records_the_latest_submitted_batch(
+    api: FakeApiServer, client: AsyncClient, clocks: Clocks
+) -> None:
+    events_recorder = recorder(client, clocks)
+    task = asyncio.create_task(events_recorder.run())
+    try:
+        events_recorder.submit([BAD_PATH], SNAPSHOT)
+        async with asyncio.timeout(5):
+            while not events(api):
+                await asyncio.sleep(0.02)
+        assert [event["reason"] for event in events(api)] == ["InvalidIngress"]
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

@@ -204,8 +204,13 @@ class EventRecorder:
             await self._wake.wait()
             self._wake.clear()
             pending, self._pending = self._pending, None
-            if pending is not None:
+            if pending is None:
+                continue
+            try:
                 await self.record(*pending)
+            except Exception:
+                # a bug must not end event recording for the life of the process
+                log.exception("recording Events failed")
 
     # ----------------------------------------------------------------------------------------------
     # One batch

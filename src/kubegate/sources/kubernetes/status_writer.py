@@ -281,8 +281,9 @@ class StatusWriter:
                 continue
             try:
                 await self.write(*pending)
-            except API_FAILURES as error:  # write() handles these itself; belt and braces for the loop
-                log.warning("status write-back failed: %s", describe_failure(error))
+            except Exception:
+                # write() handles API failures itself; a bug must not end write-back for good
+                log.exception("status write-back failed")
 
     # ----------------------------------------------------------------------------------------------
     # One pass
