@@ -43,6 +43,15 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _DROPPED_ANYWAY = HOP_BY_HOP | {b"close"}
 
 
+class _NoParser:
+    """Stands in for the request parser until a connection is made."""
+
+    def feed_data(self, data: bytes) -> None:
+        raise RuntimeError("no connection yet")
+
+
+_NO_PARSER = cast(httptools.HttpRequestParser, _NoParser())
+
 # headers that ClientConnection._control_header reads or replaces; all others are forwarded as they came
 _CONTROL_HEADERS = HOP_BY_HOP | FORWARDING | {b"host", b"content-length", b"expect"}
 # never removed because a Connection header names them: the framing and the routing are the proxy's
@@ -176,7 +185,9 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.local_port = 0
-        self.parser = httptools.HttpRequestParser(self)
+        # made in connection_made: the parser refers back to this protocol, and a TLS connection whose
+        # handshake fails never gets there, so it must be freed at once, without a reference cycle
+        self.parser: httptools.HttpRequestParser = _NO_PARSER
         self.parsing: _Request | None = None
         self.active: _Request | None = None
         self.to_start: _Request | None = None
@@ -226,6 +237,7 @@ class ClientConnection(asyncio.Protocol):
         # uvloop's transports implement the interface without subclassing asyncio.Transport
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
+        self.parser = httptools.HttpRequestParser(self)
         transport.set_write_buffer_limits(high=self.settings.write_buffer_high)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else "unix"
@@ -980,7 +992,8 @@ class ClientConnection(asyncio.Protocol):
 class TlsClientConnection(ClientConnection):
     """A connection on a TLS listener. The loop creates the protocol when it accepts the socket and calls
     connection_made only after the handshake; a failed handshake just drops the protocol. Dropping one
-    that never got its transport is how a failed handshake is counted."""
+    that never got its transport is how a failed handshake is counted (at once: until connection_made
+    the protocol is in no reference cycle, so reference counting frees it)."""
 
     def __init__(self, server: ProxyServer) -> None:
         super().__init__(server, tls=True)
