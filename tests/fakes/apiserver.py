@@ -312,9 +312,10 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send_json(200, obj)
         elif method == "PUT":
-            self._send_json(
-                200, cluster.update(resource, namespace, name, self._json_body(raw), status=status)
+            was_created, stored = cluster.update(
+                resource, namespace, name, self._json_body(raw), status=status
             )
+            self._send_json(201 if was_created else 200, stored)
         elif method == "PATCH":
             self._patch(target, query, raw)
         elif method == "DELETE" and not status:
@@ -700,16 +701,17 @@ class FakeApiServer:
         return copy.deepcopy(self.cluster.create(resource, namespace, obj))
 
     def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """PUT: a metadata.resourceVersion, if given, must be current (else ApiError 409 Conflict)."""
+        """PUT: a metadata.resourceVersion, if given, must be current (else ApiError 409 Conflict); a missing
+        Service, Endpoints, Event or Lease is created (as kube does), any other kind is a 404."""
         resource, namespace = self._locate(obj)
         name = str((obj.get("metadata") or {}).get("name", ""))
-        return copy.deepcopy(self.cluster.update(resource, namespace, name, obj, status=False))
+        return copy.deepcopy(self.cluster.update(resource, namespace, name, obj, status=False)[1])
 
     def replace_status(self, obj: dict[str, Any]) -> dict[str, Any]:
         """PUT on /status: only .status changes."""
         resource, namespace = self._locate(obj)
         name = str((obj.get("metadata") or {}).get("name", ""))
-        return copy.deepcopy(self.cluster.update(resource, namespace, name, obj, status=True))
+        return copy.deepcopy(self.cluster.update(resource, namespace, name, obj, status=True)[1])
 
     def patch(
         self,

@@ -36,6 +36,8 @@ Obj = dict[str, Any]
 # resuming from before that point gets 410 Expired.
 HISTORY_LIMIT = 200_000
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # kube's generateName alphabet (no vowels, no 0/1/3)
+# Kinds whose kube registry strategy has AllowCreateOnUpdate() true: PUT creates them when missing.
+CREATE_ON_UPDATE = frozenset({"Service", "Endpoints", "Event", "Lease"})
 _PRESERVED_METADATA = ("uid", "creationTimestamp", "namespace", "name", "generation", "deletionTimestamp")
 
 
@@ -296,8 +298,14 @@ class Cluster:
             self._record("ADDED", resource, key, None, obj)
             return obj
 
-    def update(self, resource: ResourceType, namespace: str, name: str, body: Obj, *, status: bool) -> Obj:
-        """PUT: replace the object (or only its status); a stale metadata.resourceVersion is a 409."""
+    def update(
+        self, resource: ResourceType, namespace: str, name: str, body: Obj, *, status: bool
+    ) -> tuple[bool, Obj]:
+        """PUT: replace the object (or only its status); a stale metadata.resourceVersion is a 409.
+
+        Returns (created, object): for the kinds kube allows it, a PUT without a resourceVersion creates a
+        missing object (201), as ``AllowCreateOnUpdate`` does in their registry strategies.
+        """
         if not isinstance(body, dict):
             raise errors.bad_request("the request body must be a JSON object")
         self._check_type(resource, body)
@@ -312,15 +320,17 @@ class Cluster:
         with self.lock:
             key = (namespace if resource.namespaced else "", name)
             old = self._bucket(resource).get(key)
-            if old is None:
-                raise errors.not_found(resource.group, resource.plural, name)
             wanted = metadata.get("resourceVersion")
+            if old is None:
+                if resource.kind in CREATE_ON_UPDATE and not status and not wanted:
+                    return True, self.create(resource, namespace, body)
+                raise errors.not_found(resource.group, resource.plural, name)
             if wanted:
                 if not str(wanted).isdigit():
                     raise errors.bad_request(f"invalid resourceVersion {wanted!r}: must be an integer")
                 if str(wanted) != old["metadata"]["resourceVersion"]:
                     raise errors.conflict(resource.group, resource.plural, name)
-            return self._store_update(resource, key, old, body, status=status)
+            return False, self._store_update(resource, key, old, body, status=status)
 
     def _store_update(self, resource: ResourceType, key: Key, old: Obj, body: Obj, *, status: bool) -> Obj:
         if status:

@@ -68,13 +68,13 @@ def test_create_get_and_second_create_conflicts(server: FakeApiServer) -> None:
 
 
 def test_missing_objects_are_404_status_everywhere(server: FakeApiServer) -> None:
-    for method in ("GET", "PUT", "DELETE"):
-        body = service("ghost") if method == "PUT" else None
-        if body is not None:
-            body["metadata"]["name"] = "ghost"
-        code, status = call(server.url, method, f"{SERVICES}/ghost", body)
+    for method in ("GET", "DELETE"):
+        code, status = call(server.url, method, f"{SERVICES}/ghost")
         assert (code, status["reason"], status["code"]) == (404, "NotFound", 404), method
         assert status["message"] == 'services "ghost" not found'
+    configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ghost"}}
+    code, status = call(server.url, "PUT", "/api/v1/namespaces/default/configmaps/ghost", configmap)
+    assert (code, status["message"]) == (404, 'configmaps "ghost" not found')
     code, status = call(server.url, "PATCH", "/apis/networking.k8s.io/v1/namespaces/x/ingresses/y", {}, MERGE)
     assert code == 404 and status["message"] == 'ingresses.networking.k8s.io "y" not found'
     code, status = call(server.url, "GET", "/api/v1/widgets")
@@ -338,3 +338,16 @@ def test_stored_objects_do_not_share_dicts_with_callers(server: FakeApiServer) -
     fetched["spec"]["ports"].clear()
     again = server.get("v1", "Service", "default", "web")
     assert again is not None and again["spec"]["ports"][0]["port"] == 80
+
+
+def test_put_creates_only_the_kinds_kube_creates_on_update(server: FakeApiServer) -> None:
+    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "new"}, "spec": {}}
+    code, created = call(server.url, "PUT", f"{LEASES}/new", lease)
+    assert code == 201 and created["metadata"]["uid"]
+    stale = {**lease, "metadata": {"name": "other", "resourceVersion": "1"}}
+    code, status = call(server.url, "PUT", f"{LEASES}/other", stale)
+    assert code == 404 and status["reason"] == "NotFound"
+    code, status = call(
+        server.url, "PUT", "/apis/networking.k8s.io/v1/namespaces/default/ingresses/i", ingress("i")
+    )
+    assert code == 404
