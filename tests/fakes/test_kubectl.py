@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,8 @@ def test_watch_prints_the_current_object_then_changes(kubectl: Kubectl) -> None:
         text=True,
         env={"HOME": str(kubectl.home), "PATH": "/usr/bin:/bin"},
     )
+    deadline = threading.Timer(20, process.kill)  # a hung kubectl ends the reads below (EOF)
+    deadline.start()
     try:
         decoder = json.JSONDecoder()
         buffer = ""
@@ -175,6 +178,7 @@ def test_watch_prints_the_current_object_then_changes(kubectl: Kubectl) -> None:
                 kubectl.server.patch("v1", "Service", "default", "web", {"metadata": {"labels": {"v": "2"}}})
                 changed = True
     finally:
+        deadline.cancel()
         process.kill()
         process.wait(timeout=10)
     assert [e["type"] for e in events] == ["ADDED", "MODIFIED"]
@@ -307,3 +311,30 @@ def test_apply_changing_one_of_two_ports_keeps_the_other(kubectl: Kubectl) -> No
     kubectl.ok("annotate", "svc", "web", "note=x")
     metadata = kubectl.get_json("svc", "web")["metadata"]
     assert metadata["labels"] == {"app": "web", "tier": "edge"} and metadata["annotations"]["note"] == "x"
+
+
+def test_human_watch_prints_table_rows_for_changes(kubectl: Kubectl) -> None:
+    kubectl.ok("create", "-f", kubectl.write("svc.yaml", SERVICE))
+    assert KUBECTL is not None
+    process = subprocess.Popen(
+        [KUBECTL, "--kubeconfig", kubectl.kubeconfig, "get", "svc", "-w"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"HOME": str(kubectl.home), "PATH": "/usr/bin:/bin"},
+    )
+    deadline = threading.Timer(20, process.kill)  # a hung kubectl ends the reads below (EOF)
+    deadline.start()
+    try:
+        assert process.stdout is not None
+        header = process.stdout.readline().split()
+        first = process.stdout.readline().split()
+        kubectl.server.patch("v1", "Service", "default", "web", {"spec": {"type": "NodePort"}})
+        second = process.stdout.readline().split()
+    finally:
+        deadline.cancel()
+        process.kill()
+        process.wait(timeout=10)
+    assert header == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
+    assert first[:2] == ["web", "ClusterIP"] and first[4] == "80/TCP"
+    assert second[:2] == ["web", "NodePort"] and second[4].startswith("80:3") and second[4].endswith("/TCP")
