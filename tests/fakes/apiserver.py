@@ -38,11 +38,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import queue
-import select
 import socket
 import threading
-import time
 import urllib.parse
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -52,11 +49,12 @@ from typing import Any
 import yaml
 
 from tests.fakes import errors, openapi, patches, resources, tables
-from tests.fakes.cluster import Cluster, EndStream, ExpireStream, Obj, Watch, WatchEvent, too_large
+from tests.fakes.cluster import Cluster, EndStream, ExpireStream, Obj, Watch, too_large
 from tests.fakes.errors import ApiError
 from tests.fakes.resources import ResourceType
 from tests.fakes.selectors import parse_field_selector, parse_label_selector
 from tests.fakes.strategic import strategic_merge_patch
+from tests.fakes.watchstream import WatchOptions, WatchStream, parse_count
 
 KUBE_VERSION = {
     "major": "1",
@@ -70,8 +68,6 @@ KUBE_VERSION = {
     "platform": "linux/amd64",
 }
 SEED_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
-# How often an idle watch checks that its client is still there, so abandoned streams free their thread.
-_LIVENESS_POLL = 0.25
 
 
 class Target:
@@ -122,10 +118,8 @@ def _strip_type(obj: Obj) -> Obj:
     return {k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}
 
 
-def _parse_version(value: str, what: str = "resourceVersion") -> int:
-    if not value.isdigit():
-        raise errors.bad_request(f"invalid {what} {value!r}: expected a non-negative integer")
-    return int(value)
+def _parse_version(value: str) -> int:
+    return parse_count(value, "resourceVersion")
 
 
 class _Server(ThreadingHTTPServer):
@@ -137,8 +131,6 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
-    _as_table = False  # this watch stream sends each object as a one-row Table
-    _include_object = ""
 
     # ------------------------------------------------------------------------------------ plumbing
 
@@ -446,128 +438,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --------------------------------------------------------------------------------------- watch
 
-    def _write_chunk(self, event: dict[str, Any]) -> None:
-        data = json.dumps(event, separators=(",", ":")).encode() + b"\n"
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-
-    def _client_gone(self) -> bool:
-        """True when the client closed its end (readable with nothing to read)."""
-        readable, _, _ = select.select([self.connection], [], [], 0)
-        if not readable:
-            return False
-        try:
-            return bool(self.connection.recv(1, socket.MSG_PEEK) == b"")
-        except OSError:
-            return True
-
     def _watch(self, target: Target, query: dict[str, str]) -> None:
         owner = self.server.owner
-        cluster = owner.cluster
-        watch = self._selectors(target, query)
-        version = query.get("resourceVersion", "")
-        since = None if version in ("", "0") else _parse_version(version)
-        initial_events = query.get("sendInitialEvents") == "true"
-        if initial_events:
-            since = None
-        bookmarks = query.get("allowWatchBookmarks") == "true"
-        timeout = None
-        if query.get("timeoutSeconds"):
-            timeout = float(_parse_version(query["timeoutSeconds"], "timeoutSeconds"))
-        resource = target.resource
-        self._as_table = self._table_wanted()
-        self._include_object = query.get("includeObject", "")
-        try:
-            replay = cluster.open_watch(watch, since)
-        except ApiError as error:
-            if error.code != 410:
-                raise
-            # kube-apiserver answers an expired watch with 200 and a single ERROR event.
-            self._start_stream()
-            self._write_chunk({"type": "ERROR", "object": error.status()})
-            self._end_stream()
-            return
-        self._start_stream()
-        started = time.monotonic()
-        deadline = started + timeout if timeout is not None else None
-        next_bookmark = started + owner.bookmark_interval
-        last_version = since if since is not None else cluster.resource_version
-        abrupt = False
-        try:
-            for event in replay:
-                self._write_event(event)
-                last_version = event.resource_version
-            if initial_events:
-                self._write_chunk(
-                    {
-                        "type": "BOOKMARK",
-                        "object": {
-                            "kind": resource.kind,
-                            "apiVersion": resource.api_version,
-                            "metadata": {
-                                "resourceVersion": str(last_version),
-                                "annotations": {"k8s.io/initial-events-end": "true"},
-                            },
-                        },
-                    }
-                )
-            while True:
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    break
-                wait = _LIVENESS_POLL
-                if deadline is not None:
-                    wait = min(wait, deadline - now)
-                if bookmarks:
-                    wait = min(wait, max(0.0, next_bookmark - now))
-                try:
-                    item = watch.queue.get(timeout=max(wait, 0.001))
-                except queue.Empty:
-                    if self._client_gone():
-                        abrupt = True
-                        return
-                    if bookmarks and time.monotonic() >= next_bookmark:
-                        current = cluster.bookmark_version(watch)
-                        if current is not None:
-                            self._write_chunk(
-                                {
-                                    "type": "BOOKMARK",
-                                    "object": {
-                                        "kind": resource.kind,
-                                        "apiVersion": resource.api_version,
-                                        "metadata": {"resourceVersion": str(current)},
-                                    },
-                                }
-                            )
-                            last_version = current
-                        next_bookmark = time.monotonic() + owner.bookmark_interval
-                    continue
-                if isinstance(item, WatchEvent):
-                    self._write_event(item)
-                    last_version = item.resource_version
-                elif isinstance(item, ExpireStream):
-                    expired = errors.expired(last_version, cluster.resource_version)
-                    self._write_chunk({"type": "ERROR", "object": expired.status()})
-                    break
-                elif isinstance(item, EndStream):
-                    abrupt = item.abrupt
-                    break
-        except OSError:
-            abrupt = True
-        finally:
-            cluster.close_watch(watch)
-            if abrupt:
-                self.close_connection = True
-                with contextlib.suppress(OSError):
-                    self.connection.shutdown(socket.SHUT_RDWR)
-        if not abrupt:
-            self._end_stream()
-
-    def _write_event(self, event: WatchEvent) -> None:
-        obj = event.object
-        if self._as_table:
-            version = obj["metadata"]["resourceVersion"]
-            obj = tables.table(obj["kind"], [obj], version, self._include_object)
-        self._write_chunk({"type": event.type, "object": obj})
+        options = WatchOptions.from_query(query, owner.bookmark_interval, self._table_wanted())
+        stream = WatchStream(
+            self.wfile, self.connection, owner.cluster, self._selectors(target, query), options
+        )
+        self.close_connection = True  # one watch per connection, as the stream's end is the response's end
+        if stream.run(begin=self._start_stream):
+            with contextlib.suppress(OSError):
+                self.wfile.write(b"0\r\n\r\n")
+        else:
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
 
     def _start_stream(self) -> None:
         self.send_response(200)
@@ -575,11 +458,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("Cache-Control", "no-cache, private")
         self.end_headers()
-
-    def _end_stream(self) -> None:
-        with contextlib.suppress(OSError):
-            self.wfile.write(b"0\r\n\r\n")
-        self.close_connection = True
 
 
 class FakeApiServer:
