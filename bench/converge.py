@@ -19,7 +19,7 @@ Measured 2026-12-02 on the shared 2-core dev machine (load average 2-3 from othe
 runs of 1,000 Ingresses, 20 changes each):
 
     measure                                       kubegate              target
-    start-up (spawn -> first API request)         0.57-0.73 s
+    start-up (spawn -> first API request)         0.57-1.11 s
     first full sync (spawn -> last host served)   0.77-2.76 s           < 5 s     met
     hosts served after sync                       1000/1000
     one Ingress changed -> traffic follows        median 38-58 ms       < 200 ms  met
