@@ -255,16 +255,23 @@ def bench_scale(report: Report, services: int, dispatch: str, target: bool) -> N
         kernel_s = driver.steps.get("-f", 0.0)
         commands = len(driver.last_script.splitlines())
         note = f"{renderer.rendered - before} Service re-rendered"
+        old_ip = _ip(ENDPOINT_BASE, 0)
         if not driver.last_incremental:
             note += "; incremental declined (full load)"
-        else:
+        elif dispatch != "map":
             # the old endpoint's address must be gone from the first Service's chains (listing one
             # chain: the whole table takes longer to list than to load)
             found = re.search(r"^\tchain (svc-\S+/svc00000/\S+) \{", text, re.M)
             chain = found.group(1) if found else "svc-missing"
             listing = topo.run(node, "nft", "list", "chain", "inet", TABLE, chain, check=False, timeout=120)
-            old_ip = _ip(ENDPOINT_BASE, 0)
             if dispatch == "inline" and ("10.250.0.1" not in listing.stdout or old_ip in listing.stdout):
+                note += "; incremental did not take effect"
+        if dispatch == "map" and driver.last_incremental:
+            # no chain of its own: the first ClusterIP's endpoint elements must name the new pod
+            elements = topo.run(
+                node, "nft", "list", "map", "inet", TABLE, "endpoints-10", check=False, timeout=120
+            )
+            if "10.250.0.1" not in elements.stdout or f"{old_ip} . 8080" in elements.stdout:
                 note += "; incremental did not take effect"
         report.add(
             f"{label}: one endpoint change, render + apply",
@@ -454,7 +461,7 @@ def main() -> None:
     started = time.monotonic()
     report = Report()
     print("scale", flush=True)
-    for dispatch in ("inline", "rules"):
+    for dispatch in ("map", "inline", "rules"):
         bench_scale(report, args.services, dispatch, target=True)
     bench_scale(report, args.vmap_services, "vmap", target=False)
     print("throughput", flush=True)

@@ -12,10 +12,12 @@ from collections.abc import Iterator
 import pytest
 from bench.services import one_endpoint_changed, scale_ir
 
-from kubegate.ir.model import Endpoint, EndpointTable
+from kubegate.ir.model import Endpoint, EndpointTable, L4Port, L4Service, RoutingTable
 from kubegate.planes.render import NftOptions
 from kubegate.planes.render.driver import ApplyError, NftDriver
 from kubegate.planes.render.nftables import NftRenderer
+from kubegate.planes.render.nftdiff import parse_table
+from tests.netns.topology import Topology, require_netns
 
 pytestmark = pytest.mark.root
 
@@ -37,23 +39,58 @@ def _nft(namespace: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, check=False, capture_output=True, text=True, timeout=30)
 
 
-@pytest.mark.parametrize("dispatch", ["inline", "vmap"])
-def test_renderings_apply_as_small_transactions_and_equal_a_fresh_load(namespace: str, dispatch: str) -> None:
+def _variants() -> list[tuple[RoutingTable, EndpointTable]]:
     routing, endpoints = scale_ir(6, 3)
-    renderer = NftRenderer(NftOptions(dispatch=dispatch))  # type: ignore[arg-type]
+    first = routing.services[0]
+    sticky = L4Service(
+        name=first.name,
+        type=first.type,
+        cluster_ips=first.cluster_ips,
+        ports=first.ports,
+        session_affinity="ClientIP",
+    )
+    fewer = dict(endpoints.clusters)
+    fewer["c1"] = fewer["c1"][:2]
+    more = dict(endpoints.clusters)
+    more["c2"] = (*more["c2"], Endpoint(ip="10.250.0.9", port=8080))
+    return [
+        (routing, one_endpoint_changed(endpoints)),  # endpoint changed
+        (routing, EndpointTable(clusters=fewer)),  # endpoint removed
+        (routing, EndpointTable(clusters=more)),  # endpoint added
+        (RoutingTable(services=routing.services[:4]), endpoints),  # Services removed
+        (routing, endpoints),  # added back
+        (RoutingTable(services=(sticky, *routing.services[1:])), endpoints),  # affinity on
+        (routing, endpoints),  # affinity off
+    ]
+
+
+def _normalised(listing: str) -> dict[tuple[str, str], tuple[tuple[str, ...], frozenset[str]]]:
+    # nft lists objects in creation order and set elements in any order: compare by name and content
+    return {key: (obj.body, obj.items) for key, obj in parse_table(listing, "inet", "kubegate").items()}
+
+
+@pytest.mark.parametrize("dispatch", ["inline", "rules", "vmap", "map"])
+def test_renderings_apply_as_small_transactions_that_leave_what_a_full_load_would(
+    namespace: str, dispatch: str
+) -> None:
+    routing, endpoints = scale_ir(6, 3)
+    options = NftOptions(dispatch=dispatch)  # type: ignore[arg-type]
+    renderer = NftRenderer(options)
     driver = NftDriver(netns=namespace)
-    assert driver.apply(renderer.render(routing, endpoints))
-    assert not driver.last_incremental
-    changed = one_endpoint_changed(endpoints)
-    assert driver.apply(renderer.render(routing, changed))
-    assert driver.last_incremental and "10.250.0.1" in driver.last_script
-    assert "svc00003" not in driver.last_script
-    assert not driver.apply(renderer.render(routing, changed))  # nothing differs: nothing sent
-    listing = driver.listing()
-    assert "10.250.0.1" in listing and "10.128.0.0:8080" not in listing
-    # the text of the last rendering, loaded on its own, gives the same table
-    fresh = NftRenderer(NftOptions(dispatch=dispatch)).render(routing, changed).text()
-    assert driver.applied == fresh
+    assert driver.apply(renderer.render(routing, endpoints)) and not driver.last_incremental
+    other = f"{namespace}b"
+    subprocess.run(["ip", "netns", "add", other], check=True, timeout=10)
+    try:
+        for variant in _variants():
+            assert driver.apply(renderer.render(*variant))
+            assert driver.last_incremental, driver.last_script
+            fresh = NftDriver(netns=other)
+            fresh.remove()
+            fresh.apply(NftRenderer(options).render(*variant))
+            assert _normalised(driver.listing()) == _normalised(fresh.listing())
+        assert not driver.apply(renderer.render(routing, endpoints))  # nothing differs: nothing sent
+    finally:
+        subprocess.run(["ip", "netns", "del", other], check=False, timeout=10)
 
 
 def test_a_refused_ruleset_leaves_the_table_and_names_nfts_complaint(namespace: str) -> None:
@@ -73,7 +110,7 @@ def test_an_edited_table_makes_the_small_transaction_fail_and_the_full_load_repa
     driver.apply(renderer.render(routing, endpoints))
     chain = next(
         o.name
-        for o in renderer.render(routing, endpoints).groups["bench/svc00001"]
+        for o in renderer.render(routing, endpoints).groups["bench/svc00001"].objects
         if o.name.startswith("svc-")
     )
     # someone removes a chain the next full render has (its map element first, or nft refuses)
@@ -86,3 +123,55 @@ def test_an_edited_table_makes_the_small_transaction_fail_and_the_full_load_repa
     assert not driver.last_incremental  # the diff was refused; the whole table replaced
     listing = driver.listing()
     assert chain in listing and "10.250.0.1" in listing and listing.count(": goto svc-") == 3
+
+
+def test_map_dispatch_carries_clusterip_nodeport_and_hairpin_and_changes_by_elements_only() -> None:
+    require_netns()
+    topology = Topology()
+    try:
+        node, pods = topology.node_with_pods(["10.244.0.2", "10.244.0.3"])
+        web = L4Service(
+            name="default/web",
+            type="NodePort",
+            cluster_ips=("10.96.0.10",),
+            ports=(L4Port(name="http", protocol="TCP", port=80, cluster="web", node_port=30080),),
+        )
+        sticky = L4Service(
+            name="default/sticky",
+            type="ClusterIP",
+            cluster_ips=("10.96.0.11",),
+            session_affinity="ClientIP",
+            ports=(L4Port(name="http", protocol="TCP", port=80, cluster="web"),),
+        )
+        routing = RoutingTable(services=(web, sticky))
+        both = tuple(Endpoint(ip=ip, port=8080) for ip in ("10.244.0.2", "10.244.0.3"))
+        renderer = NftRenderer(NftOptions(dispatch="map"))
+        driver = NftDriver(netns=node)
+        driver.apply(renderer.render(routing, EndpointTable(clusters={"web": both})))
+
+        def answers(netns: str, url: str, count: int = 30) -> set[str | None]:
+            return {topology.answer(netns, url) for _ in range(count)}
+
+        assert answers(node, "http://10.96.0.10/") == {"pod-0", "pod-1"}
+        assert answers(pods[0], "http://10.96.0.10/") == {"pod-0", "pod-1"}  # hairpin included
+        assert answers(pods[1], "http://10.244.0.1:30080/") == {"pod-0", "pod-1"}  # nodePort
+        # the affinity Service (its own chains beside the shared ones) keeps a client on one pod
+        assert len(answers(pods[0], "http://10.96.0.11/", 10)) == 1
+
+        driver.apply(renderer.render(routing, EndpointTable(clusters={"web": both[:1]})))
+        assert driver.last_incremental
+        # the endpoint count changed (2 -> 1): the shared chains for one endpoint appear, those for two go
+        script = driver.last_script
+        assert "add chain inet kubegate pick-1" in script and "delete chain inet kubegate pick-2" in script
+        assert answers(node, "http://10.96.0.10/", 15) == {"pod-0"}
+        assert answers(pods[1], "http://10.244.0.1:30080/", 15) == {"pod-0"}
+        moved = (Endpoint(ip="10.244.0.3", port=8080),)
+        driver.apply(renderer.render(routing, EndpointTable(clusters={"web": moved})))
+        # same count, other pod: only elements of endpoints-1 and nodeport-endpoints-1 change
+        web_lines = [
+            line for line in driver.last_script.splitlines() if "aff-" not in line and "sticky" not in line
+        ]
+        assert web_lines and all(" element " in line for line in web_lines), web_lines
+        assert answers(node, "http://10.96.0.10/", 15) == {"pod-1"}
+    finally:
+        topology.teardown()

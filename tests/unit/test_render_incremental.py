@@ -10,7 +10,7 @@ from kubegate.planes.render import NftOptions, render_nftables
 from kubegate.planes.render.nftables import NftRenderer
 from kubegate.planes.render.nftdiff import incremental, incremental_structured
 
-DISPATCHES = ["inline", "rules", "vmap"]
+DISPATCHES = ["inline", "rules", "vmap", "map"]
 
 
 def _options(dispatch: str) -> NftOptions:
@@ -71,10 +71,12 @@ def test_a_removed_service_hands_its_address_to_the_next_claimant() -> None:
     renderer = NftRenderer(_options("inline"))
     both = renderer.render(RoutingTable(services=(first, second)), endpoints)
     assert "# b/second: 10.96.0.1 tcp 80 already used by a/first; left out" in both.text()
-    assert not any(obj.name.startswith("ext-") and "second" in obj.name for obj in both.groups["b/second"])
+    assert not any(
+        obj.name.startswith("ext-") and "second" in obj.name for obj in both.groups["b/second"].objects
+    )
     alone = renderer.render(RoutingTable(services=(second,)), endpoints)
     # the claim result changed, so b/second's group is rebuilt with its ext chain
-    assert any(obj.name.startswith("ext-") for obj in alone.groups["b/second"])
+    assert any(obj.name.startswith("ext-") for obj in alone.groups["b/second"].objects)
     assert alone.text() == render_nftables(RoutingTable(services=(second,)), endpoints, _options("inline"))
     script = incremental_structured(both, alone)
     assert script is not None and "add chain inet t ext-" in script and "goto svc-" in script

@@ -64,9 +64,9 @@ def test_quick_bench_completes_and_reports_every_figure() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     table = done.stdout[done.stdout.index("measure") :]
-    for dispatch in ("inline", "rules"):
+    for dispatch in ("map", "inline", "rules"):
         for step in ("render", "validate (nft -c)", "load without -c (nft -f)", "render + apply"):
             assert f"500 Services x 10, {dispatch}: {step}" in table
     # the incremental transaction loaded and took effect in every mode
-    assert table.count("incremental nft -f") == 3, table
+    assert table.count("incremental nft -f") == 4 and "did not take effect" not in table, table
     assert "kernel rules (Gbit/s)" in table and "haproxy tcp" in table

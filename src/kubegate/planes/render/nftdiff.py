@@ -61,10 +61,23 @@ class NftObject:
         return self.items
 
 
+@dataclass(frozen=True, slots=True)
+class NftGroup:
+    """What one Service contributes to a table: its own sets and chains, and elements of shared sets and
+    maps as (set name, element). ``notes`` and ``order`` (one sort key per element) only shape the text."""
+
+    objects: tuple[NftObject, ...]
+    elements: tuple[tuple[str, str], ...]
+    notes: tuple[str, ...] = field(default=(), compare=False)
+    order: tuple[tuple[int, int, str, int, str], ...] = field(default=(), compare=False)
+
+
 class StructuredRuleset(Protocol):
-    """A rendered table as objects: ``shared`` ones rebuilt on every render (the maps, the fixed chains)
-    and per-Service ``groups`` that a renderer reuses, as the same tuple, while the Service's inputs stay
-    the same. A group that is the same object in two rulesets is skipped by the diff without a look."""
+    """A rendered table as objects: ``shared`` ones rebuilt on every render (the fixed chains, the shared
+    sets and maps, declared without the elements groups give them) and per-Service ``groups`` that a
+    renderer reuses, as the same object, while the Service's inputs stay the same: a group that is the same
+    object in two rulesets is skipped by the diff without a look. ``counts`` says how many groups give each
+    (set name, element), so an element two Services share stays while one of them still has it."""
 
     @property
     def family(self) -> str: ...
@@ -76,7 +89,10 @@ class StructuredRuleset(Protocol):
     def shared(self) -> tuple[NftObject, ...]: ...
 
     @property
-    def groups(self) -> Mapping[str, tuple[NftObject, ...]]: ...
+    def groups(self) -> Mapping[str, NftGroup]: ...
+
+    @property
+    def counts(self) -> Mapping[tuple[str, str], int]: ...
 
 
 class UnhandledRuleset(ValueError):
@@ -158,27 +174,44 @@ def incremental(old: str, new: str, family: str, table: str) -> str | None:
 
 def incremental_structured(before: StructuredRuleset, after: StructuredRuleset) -> str | None:
     """``incremental`` for two rendered rulesets kept as objects: only the shared objects and the groups
-    that are not the very same tuple in both are compared, so one changed Service costs one group."""
+    that are not the very same object in both are compared, so one changed Service costs one group."""
     if (before.family, before.table) != (after.family, after.table):
         return None
     old: dict[tuple[str, str], NftObject] = {obj.key: obj for obj in before.shared}
     new: dict[tuple[str, str], NftObject] = {obj.key: obj for obj in after.shared}
+    candidates: set[tuple[str, str]] = set()
     # names are unique in a table, so an object of an unchanged group appears in no changed one
-    for name, objects in before.groups.items():
-        if after.groups.get(name) is not objects:
-            old.update((obj.key, obj) for obj in objects)
-    for name, objects in after.groups.items():
-        if before.groups.get(name) is not objects:
-            new.update((obj.key, obj) for obj in objects)
+    for name, group in before.groups.items():
+        if after.groups.get(name) is not group:
+            old.update((obj.key, obj) for obj in group.objects)
+            candidates.update(group.elements)
+    for name, group in after.groups.items():
+        if before.groups.get(name) is not group:
+            new.update((obj.key, obj) for obj in group.objects)
+            candidates.update(group.elements)
+    gone: dict[str, list[str]] = {}
+    fresh: dict[str, list[str]] = {}
+    for element in candidates:
+        was, now = before.counts.get(element, 0) > 0, after.counts.get(element, 0) > 0
+        if was and not now:
+            gone.setdefault(element[0], []).append(element[1])
+        elif now and not was:
+            fresh.setdefault(element[0], []).append(element[1])
     try:
-        return _script(old, new, f"{after.family} {after.table}")
+        return _script(old, new, f"{after.family} {after.table}", gone, fresh)
     except UnhandledRuleset:
         return None
 
 
 def _script(
-    before: Mapping[tuple[str, str], NftObject], after: Mapping[tuple[str, str], NftObject], where: str
+    before: Mapping[tuple[str, str], NftObject],
+    after: Mapping[tuple[str, str], NftObject],
+    where: str,
+    given_gone: Mapping[str, list[str]] | None = None,
+    given_fresh: Mapping[str, list[str]] | None = None,
 ) -> str:
+    """The script; ``given_gone`` and ``given_fresh`` are element changes of sets and maps beyond their
+    own items (what groups give shared sets), by set name."""
     for key in before.keys() | after.keys():
         old, new = before.get(key), after.get(key)
         if old == new:
@@ -222,6 +255,13 @@ def _script(
             stale.append(f"delete element {where} {name} {{ {', '.join(keys)} }}")
         if fresh := new.elements() - old.elements():
             fill.append(f"add element {where} {name} {{ {', '.join(sorted(fresh))} }}")
+    vanishing = {name for kind, name in removed if kind != "chain"}
+    for name, elements in sorted((given_gone or {}).items()):
+        if name not in vanishing:
+            keys = sorted(element.split(" : ")[0] for element in elements)
+            stale.append(f"delete element {where} {name} {{ {', '.join(keys)} }}")
+    for name, elements in sorted((given_fresh or {}).items()):
+        fill.append(f"add element {where} {name} {{ {', '.join(sorted(elements))} }}")
     # removed chains lose their rules first so a removed chain jumping to another removed one, or
     # naming a removed set, does not block that one's deletion
     for kind, name in removed:
