@@ -288,8 +288,7 @@ class Cluster:
                     )  # kubelets create Nodes with status
                 else:
                     obj["status"] = {"loadBalancer": {}}  # Service and Ingress, as kube stores them
-            if resource.kind == "Namespace":
-                obj = defaults.default_namespace(obj)
+            obj = defaults.plain_defaults(resource.kind, obj)
             self._validate(resource, obj)
             if resource.kind == "Service":
                 obj = defaults.default_service(obj, None, self.allocator)
@@ -350,8 +349,7 @@ class Cluster:
                     new["status"] = old["status"]
                 else:
                     new.pop("status", None)
-            if resource.kind == "Namespace":
-                new = defaults.default_namespace(new)
+            new = defaults.plain_defaults(resource.kind, new)
             self._validate(resource, new)
             if resource.kind == "Service":
                 new = defaults.default_service(new, old, self.allocator)
@@ -435,18 +433,18 @@ class Cluster:
             return True, self._remove(resource, key, old)
 
     def _remove(self, resource: ResourceType, key: Key, last: Obj) -> Obj:
+        if resource.kind == "Namespace":
+            self._empty_namespace(key[1])  # its contents go first, as the namespace controller does
         bucket = self._bucket(resource)
         old = bucket.pop(key)
         gone = {**last, "metadata": {**last["metadata"], "resourceVersion": self._next_version()}}
         self._record("DELETED", resource, key, old, gone)
         if resource.kind == "Service":
             self.allocator.release(old)
-        if resource.kind == "Namespace":
-            self._empty_namespace(key[1])
         return gone
 
     def _empty_namespace(self, namespace: str) -> None:
-        """What the namespace controller does after a Namespace is deleted: delete what was in it."""
+        """What the namespace controller does for a deleted Namespace: delete everything in it."""
         for bucket in list(self._objects.values()):
             for key in [k for k in bucket if k[0] == namespace]:
                 obj = bucket[key]

@@ -4,11 +4,13 @@ Services get ``type: ClusterIP``, ``sessionAffinity: None``, per-port ``protocol
 ``targetPort = port``, a ClusterIP from 10.96.0.0/12 (unless headless or ExternalName), and nodePorts in
 30000-32767 for NodePort and LoadBalancer Services. On update, unset allocated values are carried over from
 the stored object (as kube-apiserver's ``patchAllocatedValues`` does), and changing the ClusterIP is refused.
-Namespaces get the ``kubernetes`` finalizer, phase Active and the ``kubernetes.io/metadata.name`` label.
+Namespaces get the ``kubernetes`` finalizer, phase Active and the ``kubernetes.io/metadata.name`` label;
+Secrets type Opaque with ``stringData`` folded into ``data``; Endpoints and EndpointSlice ports protocol TCP.
 """
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 from typing import Any
 
@@ -178,3 +180,40 @@ def default_namespace(namespace: dict[str, Any]) -> dict[str, Any]:
     spec = dict(namespace.get("spec") or {})
     spec.setdefault("finalizers", ["kubernetes"])
     return {**namespace, "metadata": metadata, "spec": spec}
+
+
+def _default_port_protocols(ports: Any) -> Any:
+    if not isinstance(ports, list):
+        return ports
+    return [{"protocol": "TCP", **port} if isinstance(port, dict) else port for port in ports]
+
+
+def default_secret(secret: dict[str, Any]) -> dict[str, Any]:
+    """Type Opaque by default; ``stringData`` is folded into ``data`` (base64), not stored, as in kube."""
+    result = {"type": "Opaque", **secret}
+    string_data = result.pop("stringData", None)
+    if isinstance(string_data, dict):
+        data = dict(result.get("data") or {})
+        for key, value in string_data.items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
+        result["data"] = data
+    return result
+
+
+def plain_defaults(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+    """The defaults that need no allocation state (Service allocation is ``default_service``)."""
+    if kind == "Namespace":
+        return default_namespace(obj)
+    if kind == "Secret":
+        return default_secret(obj)
+    if kind == "Endpoints" and isinstance(obj.get("subsets"), list):
+        subsets = [
+            {**subset, "ports": _default_port_protocols(subset.get("ports"))}
+            if isinstance(subset, dict)
+            else subset
+            for subset in obj["subsets"]
+        ]
+        return {**obj, "subsets": subsets}
+    if kind == "EndpointSlice" and "ports" in obj:
+        return {**obj, "ports": _default_port_protocols(obj["ports"])}
+    return obj

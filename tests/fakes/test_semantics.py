@@ -370,3 +370,50 @@ def test_strict_mode_wants_namespaces_and_dns_hosts() -> None:
     with FakeApiServer() as lenient:  # the default: scenario tests need not create Namespaces
         code, _ = call(lenient.url, "POST", "/api/v1/namespaces/shop/configmaps", configmap("c"))
         assert code == 201
+
+
+def test_plain_defaults_secrets_and_endpoint_ports(server: FakeApiServer) -> None:
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"token": "abc"}}
+    stored = server.create(secret)
+    assert stored["type"] == "Opaque" and stored["data"] == {"token": "YWJj"} and "stringData" not in stored
+    endpoints = server.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Endpoints",
+            "metadata": {"name": "e"},
+            "subsets": [{"addresses": [{"ip": "10.0.0.1"}], "ports": [{"port": 80}]}],
+        }
+    )
+    assert endpoints["subsets"][0]["ports"] == [{"protocol": "TCP", "port": 80}]
+    endpoint_slice = server.create(
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {"name": "e-1"},
+            "addressType": "IPv4",
+            "endpoints": [],
+            "ports": [{"port": 80, "protocol": "UDP"}],
+        }
+    )
+    assert endpoint_slice["ports"] == [{"port": 80, "protocol": "UDP"}]
+
+
+def test_deleting_a_namespace_deletes_its_contents_first(server: FakeApiServer) -> None:
+    server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})
+    server.create({**configmap("c"), "metadata": {"name": "c", "namespace": "shop"}})
+    server.create({**configmap("c"), "metadata": {"name": "c", "namespace": "default"}})
+    since = server.resource_version
+    code, _ = call(server.url, "DELETE", "/api/v1/namespaces/shop")
+    assert code == 200
+    assert server.get("v1", "ConfigMap", "shop", "c") is None
+    assert server.get("v1", "ConfigMap", "default", "c") is not None
+    contents = WatchReader(server.url, f"/api/v1/configmaps?watch=1&resourceVersion={since}&timeoutSeconds=1")
+    namespaces = WatchReader(
+        server.url, f"/api/v1/namespaces?watch=1&resourceVersion={since}&timeoutSeconds=1"
+    )
+    (content,) = contents.start().wait_for(1)
+    (namespace,) = namespaces.start().wait_for(1)
+    assert (content["type"], content["object"]["metadata"]["namespace"]) == ("DELETED", "shop")
+    assert (namespace["type"], namespace["object"]["metadata"]["name"]) == ("DELETED", "shop")
+    version = int(content["object"]["metadata"]["resourceVersion"])
+    assert version < int(namespace["object"]["metadata"]["resourceVersion"])
