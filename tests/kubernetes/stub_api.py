@@ -46,6 +46,8 @@ class StubApi:
         self.requests: list[httpx2.Request] = []
         # answer the next N requests with HTTP 500
         self.fail_next = 0
+        # a broken server: every watch is answered 410, however fresh its version
+        self.always_expire = False
         # cleared: new watch requests wait, so a test can change objects while no watch is open
         self.watch_gate = asyncio.Event()
         self.watch_gate.set()
@@ -157,7 +159,7 @@ class StubApi:
 
     def _watch(self, plural: str, namespace: str | None, request: httpx2.Request) -> httpx2.Response:
         since = int(request.url.params.get("resourceVersion") or self.version)
-        if since < self.oldest - 1:
+        if since < self.oldest - 1 or self.always_expire:
             return httpx2.Response(410, json=_status(410, "Expired", f"too old resource version: {since}"))
         stream = _Stream(plural, namespace)
         for version, p, ns, event in self.history:

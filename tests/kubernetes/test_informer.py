@@ -236,6 +236,23 @@ async def test_other_error_events_resume_the_watch_without_listing_again() -> No
         assert informer.lists == 1 and informer.expirations == 0
 
 
+async def test_watches_that_always_expire_are_relisted_with_back_off() -> None:
+    api = StubApi()
+    api.put("services", service("a"))
+    backoff = RecordingBackoff(initial=0.05, maximum=0.05)
+    async with running(api, backoff=backoff) as (informer, _):
+        await until(lambda: bool(api.streams))
+        api.always_expire = True
+        api.drop_watches()
+        await asyncio.sleep(0.5)
+        # without a back-off this would be hundreds of lists; with it about one per 25-50 ms
+        assert 3 <= informer.lists <= 25, informer.lists
+        assert len(backoff.delays) >= informer.lists - 3
+        api.always_expire = False
+        api.put("services", service("b"))
+        await until(lambda: "b" in names(informer))
+
+
 async def test_a_bad_object_is_a_problem_and_the_others_stay() -> None:
     api = StubApi()
     api.put("ingresses", ingress("good"))

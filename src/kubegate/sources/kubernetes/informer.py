@@ -211,6 +211,7 @@ class Informer:
         self.last_error = ""
         # events received on the current (or last) watch stream
         self._events_in_stream = 0
+        self._expired_without_events = False
 
     @property
     def path(self) -> str:
@@ -232,6 +233,10 @@ class Informer:
                 self.expirations += 1
                 log.info("%s: resourceVersion %s expired; listing again", self, self.resource_version)
                 must_list = True
+                if not self._events_in_stream and self._expired_without_events:
+                    # expired again straight after a fresh list: do not hammer the server with lists
+                    await self._back_off(f"resourceVersion {self.resource_version} expired again")
+                self._expired_without_events = not self._events_in_stream
             except ApiFailure as error:
                 if self._events_in_stream:
                     # a stream that was delivering broke (dropped connection): resume at once; only
@@ -276,6 +281,8 @@ class Informer:
 
     async def relist(self) -> None:
         """List every object (page by page), then make the cache equal to the list."""
+        # a failure from here on is not a delivering stream that broke: it backs off
+        self._events_in_stream = 0
         items: list[Any] = []
         params = {"limit": str(LIST_PAGE_SIZE)}
         while True:
