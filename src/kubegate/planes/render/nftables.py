@@ -281,9 +281,10 @@ class _ServiceRenderer:
                 found.add(value)
         return sorted(found)
 
-    def endpoint_list(
-        self, port: L4Port, endpoints: tuple[Endpoint, ...], prefix: str, affinity: bool, timeout: int
-    ) -> tuple[list[_Ep], list[str]]:
+    def usable(
+        self, port: L4Port, endpoints: tuple[Endpoint, ...]
+    ) -> tuple[list[tuple[tuple[int, int], Endpoint]], list[str]]:
+        """The endpoints that can be used, one per (address, port), sorted; notes on the others."""
         notes: list[str] = []
         unique: dict[tuple[int, int], Endpoint] = {}
         for ep in endpoints:
@@ -296,11 +297,20 @@ class _ServiceRenderer:
                 notes.append(_comment(f"{port.cluster}: endpoint {ep.ip} port {ep.port} out of range"))
             else:
                 unique.setdefault((value, ep.port), ep)
+        return sorted(unique.items()), notes
+
+    def endpoint_list(
+        self,
+        port: L4Port,
+        usable: list[tuple[tuple[int, int], Endpoint]],
+        prefix: str,
+        affinity: bool,
+        timeout: int,
+    ) -> list[_Ep]:
         node = self.options.node_name
         proto = port.protocol.lower()
         result = []
-        for key in sorted(unique):
-            ep = unique[key]
+        for key, ep in usable:
             # an IPv4 address and a port need no sanitising, and they identify the endpoint exactly
             tail = f"{prefix}__{ep.ip}/{ep.port}"
             update = f"update @aff-{tail} {{ ip saddr timeout {timeout}s }} " if affinity else ""
@@ -315,7 +325,7 @@ class _ServiceRenderer:
                     action=f"{update}meta l4proto {proto} {self.dnat} {ep.ip}:{ep.port}",
                 )
             )
-        return result, notes
+        return result
 
     def service(self, service: L4Service, endpoints: tuple[tuple[Endpoint, ...], ...]) -> _ServicePart:
         notes: list[str] = []
@@ -359,23 +369,25 @@ class _ServiceRenderer:
             node_port = None
         affinity = service.session_affinity == "ClientIP"
         timeout = max(1, service.affinity_timeout_seconds)
-        eps, endpoint_notes = self.endpoint_list(port, endpoints, prefix, affinity, timeout)
+        usable, endpoint_notes = self.usable(port, endpoints)
         notes += endpoint_notes
         svc_chain, ext_chain = f"svc-{prefix}", f"ext-{prefix}"
-        if not eps:
+        if not usable:
             return _PortPart(
                 proto, port.port, tuple(notes), True, node_port, svc_chain, ext_chain, (), (), None
             )
         dispatch = self.options.dispatch
         if dispatch == "map":
             if not affinity and service.external_traffic_policy == "Cluster":
-                hairpin.update(ep.address for ep in eps)
-                targets = tuple(f"{ep.ip} . {ep.port}" for ep in eps)
+                # no chains: only each endpoint's address and port, as map data
+                hairpin.update(address for (address, _), _ in usable)
+                targets = tuple(f"{ep.ip} . {ep.port}" for _, ep in usable)
                 return _PortPart(
                     proto, port.port, tuple(notes), True, node_port, svc_chain, ext_chain, (), (), None,
-                    served=True, pick=len(eps), targets=targets,
+                    served=True, pick=len(usable), targets=targets,
                 )  # fmt: skip
             dispatch = "inline"  # what the shared chains cannot express gets chains of its own
+        eps = self.endpoint_list(port, usable, prefix, affinity, timeout)
         sets: list[NftObject] = []
         chains: list[NftObject] = []
         for ep in eps:
