@@ -48,6 +48,8 @@ class StubApi:
         self.fail_next = 0
         # a broken server: every watch is answered 410, however fresh its version
         self.always_expire = False
+        # a broken proxy: every watch stream ends as soon as it starts
+        self.end_watches_at_once = False
         # cleared: new watch requests wait, so a test can change objects while no watch is open
         self.watch_gate = asyncio.Event()
         self.watch_gate.set()
@@ -162,6 +164,8 @@ class StubApi:
         if since < self.oldest - 1 or self.always_expire:
             return httpx2.Response(410, json=_status(410, "Expired", f"too old resource version: {since}"))
         stream = _Stream(plural, namespace)
+        if self.end_watches_at_once:
+            stream.queue.put_nowait(None)
         for version, p, ns, event in self.history:
             if version > since and p == plural and namespace in (None, ns):
                 stream.queue.put_nowait(event)

@@ -253,6 +253,21 @@ async def test_watches_that_always_expire_are_relisted_with_back_off() -> None:
         await until(lambda: "b" in names(informer))
 
 
+async def test_watches_that_end_at_once_are_reopened_with_back_off() -> None:
+    api = StubApi()
+    backoff = RecordingBackoff(initial=0.05, maximum=0.05)
+    async with running(api, backoff=backoff) as (informer, _):
+        await until(lambda: bool(api.streams))
+        api.end_watches_at_once = True
+        api.drop_watches()
+        await asyncio.sleep(0.5)
+        assert 3 <= informer.watches <= 25, informer.watches
+        assert informer.lists == 1
+        api.end_watches_at_once = False
+        api.put("services", service("b"))
+        await until(lambda: "b" in names(informer))
+
+
 async def test_a_bad_object_is_a_problem_and_the_others_stay() -> None:
     api = StubApi()
     api.put("ingresses", ingress("good"))

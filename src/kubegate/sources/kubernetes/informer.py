@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,8 @@ LIST_PAGE_SIZE = 500
 WATCH_TIMEOUT_SECONDS = 300
 # a watch that sends nothing (not even a bookmark) for this much longer than its timeout is dead
 WATCH_READ_MARGIN_SECONDS = 30.0
+# a watch ending sooner than this, having delivered nothing, counts as a failure
+QUICK_WATCH_END_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +231,11 @@ class Informer:
                 if must_list:
                     await self.relist()
                     must_list = False
+                opened = time.monotonic()
                 await self.watch_once()
+                if not self._events_in_stream and time.monotonic() - opened < QUICK_WATCH_END_SECONDS:
+                    # the server (or a proxy before it) ends watches at once: do not reconnect in a loop
+                    await self._back_off("the watch ended at once, without an event")
             except Expired:
                 self.expirations += 1
                 log.info("%s: resourceVersion %s expired; listing again", self, self.resource_version)
