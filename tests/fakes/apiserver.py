@@ -8,8 +8,9 @@ thread:
   (+status), nodes (+status); discovery.k8s.io/v1 endpointslices; networking.k8s.io/v1 ingresses (+status),
   ingressclasses; coordination.k8s.io/v1 leases; events.k8s.io/v1 events. Namespaced, all-namespace and
   cluster-scoped paths; discovery (/api, /api/v1, /apis, /apis/G, /apis/G/V), /version, /healthz.
-- one global integer resourceVersion; uid, creationTimestamp, generation (bumped when anything outside
-  metadata and status changes); status subresources; no-op writes change nothing.
+- one global integer resourceVersion; uid, creationTimestamp; generation for the kinds kube keeps it on
+  (Ingress, IngressClass, EndpointSlice, Pod: bumped when anything outside metadata and status changes);
+  status subresources; no-op writes change nothing.
 - list with labelSelector / fieldSelector (``limit`` is ignored: everything comes in one page, which kube
   also allows); ``resourceVersionMatch=Exact`` rebuilds the state at that version from history.
 - watch: newline-delimited JSON events over chunked encoding; replay after a resourceVersion; a

@@ -36,6 +36,9 @@ Obj = dict[str, Any]
 # resuming from before that point gets 410 Expired.
 HISTORY_LIMIT = 200_000
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # kube's generateName alphabet (no vowels, no 0/1/3)
+# Kinds whose kube registry strategy keeps metadata.generation (1 on create, +1 when the spec changes);
+# the others (Service, ConfigMap, Lease, ...) have none.
+GENERATION_KINDS = frozenset({"Ingress", "IngressClass", "EndpointSlice", "Pod"})
 # Kinds whose kube registry strategy has AllowCreateOnUpdate() true: PUT creates them when missing.
 CREATE_ON_UPDATE = frozenset({"Service", "Endpoints", "Event", "Lease"})
 _PRESERVED_METADATA = ("uid", "creationTimestamp", "namespace", "name", "generation", "deletionTimestamp")
@@ -273,13 +276,15 @@ class Cluster:
                 metadata.pop("namespace", None)
             metadata["uid"] = str(uuid.uuid4())
             metadata["creationTimestamp"] = now_rfc3339()
-            metadata["generation"] = 1
+            metadata.pop("generation", None)
+            if resource.kind in GENERATION_KINDS:
+                metadata["generation"] = 1
             obj: Obj = {**copy.deepcopy(body), "apiVersion": resource.api_version, "kind": resource.kind}
             obj["metadata"] = metadata
             if resource.has_status:
                 obj.pop("status", None)
                 if resource.kind == "Pod":
-                    obj["status"] = {"phase": "Pending"}
+                    obj["status"] = {"phase": "Pending", "qosClass": defaults.pod_qos_class(obj)}
                 elif resource.kind == "Namespace":
                     obj["status"] = {"phase": "Active"}
                 elif resource.kind == "Node":
@@ -356,7 +361,7 @@ class Cluster:
         new["metadata"] = {**new["metadata"], "resourceVersion": old["metadata"]["resourceVersion"]}
         if new == old:
             return old  # a no-op write changes nothing, not even the resourceVersion (as in kube)
-        if _content(new) != _content(old):
+        if resource.kind in GENERATION_KINDS and _content(new) != _content(old):
             new["metadata"]["generation"] = int(old["metadata"].get("generation", 1)) + 1
         if old["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
             return self._remove(resource, key, new)

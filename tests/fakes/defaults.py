@@ -217,3 +217,24 @@ def plain_defaults(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
     if kind == "EndpointSlice" and "ports" in obj:
         return {**obj, "ports": _default_port_protocols(obj["ports"])}
     return obj
+
+
+def pod_qos_class(pod: dict[str, Any]) -> str:
+    """The QoS class kube records at creation: BestEffort without any requests or limits, Guaranteed when
+    every container limits cpu and memory with requests (if given) equal to the limits, else Burstable."""
+    spec = pod.get("spec")
+    containers = spec.get("containers") if isinstance(spec, dict) else None
+    resources: list[dict[str, Any]] = []
+    for container in containers if isinstance(containers, list) else []:
+        given = container.get("resources") if isinstance(container, dict) else None
+        resources.append(given if isinstance(given, dict) else {})
+    if not any(r.get("requests") or r.get("limits") for r in resources):
+        return "BestEffort"
+    for r in resources:
+        limits = r.get("limits") or {}
+        requests = r.get("requests") or {}
+        if not all(limits.get(name) for name in ("cpu", "memory")):
+            return "Burstable"
+        if any(requests.get(name, limits[name]) != limits[name] for name in ("cpu", "memory")):
+            return "Burstable"
+    return "Guaranteed"

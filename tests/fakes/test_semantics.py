@@ -417,3 +417,31 @@ def test_deleting_a_namespace_deletes_its_contents_first(server: FakeApiServer) 
     assert (namespace["type"], namespace["object"]["metadata"]["name"]) == ("DELETED", "shop")
     version = int(content["object"]["metadata"]["resourceVersion"])
     assert version < int(namespace["object"]["metadata"]["resourceVersion"])
+
+
+def test_generation_only_on_the_kinds_kube_keeps_it_and_pod_status_on_create(server: FakeApiServer) -> None:
+    service = server.create(
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}]}}
+    )
+    assert "generation" not in service["metadata"]
+    changed = server.patch("v1", "Service", "default", "s", {"spec": {"type": "NodePort"}})
+    assert "generation" not in changed["metadata"]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p"},
+        "spec": {
+            "containers": [
+                {"name": "c", "image": "x", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}
+            ]
+        },
+        "status": {"phase": "Running", "podIP": "10.0.0.9"},
+    }
+    created = server.create(pod)
+    assert created["metadata"]["generation"] == 1
+    assert created["status"] == {
+        "phase": "Pending",
+        "qosClass": "Guaranteed",
+    }  # status given on create is dropped
+    running = server.replace_status({**created, "status": {"phase": "Running", "podIP": "10.0.0.9"}})
+    assert running["status"]["podIP"] == "10.0.0.9" and running["metadata"]["generation"] == 1
