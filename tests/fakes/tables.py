@@ -146,7 +146,54 @@ def _node(obj: Obj) -> list[Any]:
     return [state, roles, _age(obj), version]
 
 
+def _since(stamp: Any) -> str:
+    return (
+        _age({"metadata": {"creationTimestamp": stamp}}) if isinstance(stamp, str) and stamp else "<unknown>"
+    )
+
+
+def _event(obj: Obj) -> list[Any]:
+    """Core v1 and events.k8s.io/v1 Events (involvedObject/message vs regarding/note)."""
+    about = obj.get("involvedObject") or obj.get("regarding") or {}
+    stamp = (
+        obj.get("lastTimestamp")
+        or obj.get("deprecatedLastTimestamp")
+        or (obj.get("series") or {}).get("lastObservedTime")
+        or obj.get("eventTime")
+        or (obj.get("metadata") or {}).get("creationTimestamp")
+    )
+    first = obj.get("firstTimestamp") or obj.get("deprecatedFirstTimestamp") or obj.get("eventTime")
+    source = obj.get("source") or obj.get("deprecatedSource") or {}
+    return [
+        _since(str(stamp)[:19] + "Z" if stamp else ""),
+        obj.get("type", ""),
+        obj.get("reason", ""),
+        f"{str(about.get('kind', '')).lower()}/{about.get('name', '')}",
+        about.get("fieldPath", ""),
+        source.get("component") or obj.get("reportingController") or obj.get("reportingComponent") or "",
+        obj.get("message") or obj.get("note") or "",
+        _since(str(first)[:19] + "Z" if first else ""),
+        obj.get("count") or obj.get("deprecatedCount") or 1,
+        (obj.get("metadata") or {}).get("name", ""),
+    ]
+
+
 PRINTERS: dict[str, tuple[tuple[Column, ...], Callable[[Obj], list[Any]]]] = {
+    "Event": (
+        (
+            ("Last Seen", "string", 0),
+            ("Type", "string", 0),
+            ("Reason", "string", 0),
+            ("Object", "string", 0),
+            ("Subobject", "string", 1),
+            ("Source", "string", 1),
+            ("Message", "string", 0),
+            ("First Seen", "string", 1),
+            ("Count", "string", 1),
+            ("Name", "string", 1),
+        ),
+        _event,
+    ),
     "Service": (
         (
             ("Type", "string", 0),
@@ -247,14 +294,18 @@ def table(kind: str, items: list[Obj], resource_version: str, include: str = "Me
     columns, cells = PRINTERS.get(
         kind, ((("Created At", "date", 0),), lambda o: [(o.get("metadata") or {}).get("creationTimestamp")])
     )
-    definitions = [{"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0}]
+    # kube leads with the name for every kind but Event, whose printer has it as its last (wide) column
+    leading_name = kind != "Event"
+    name_column = {"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0}
+    definitions = [name_column] if leading_name else []
     definitions += [
         {"name": name, "type": kind_, "format": "", "description": name, "priority": priority}
         for name, kind_, priority in columns
     ]
     rows = []
     for obj in items:
-        row: Obj = {"cells": [(obj.get("metadata") or {}).get("name", ""), *cells(obj)]}
+        name = [(obj.get("metadata") or {}).get("name", "")] if leading_name else []
+        row: Obj = {"cells": [*name, *cells(obj)]}
         shown = _row_object(obj, include)
         if shown is not None:
             row["object"] = shown

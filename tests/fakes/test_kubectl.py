@@ -269,7 +269,7 @@ def test_namespaced_and_cluster_scoped_resources_from_stdin(kubectl: Kubectl) ->
     assert kubectl.server.get("v1", "ConfigMap", "apps", "settings") is None
 
 
-def test_describe_lists_the_objects_events(kubectl: Kubectl) -> None:
+def record_event(kubectl: Kubectl) -> None:
     kubectl.ok("create", "-f", kubectl.write("svc.yaml", SERVICE))
     service = kubectl.server.get("v1", "Service", "default", "web")
     assert service is not None
@@ -292,6 +292,10 @@ def test_describe_lists_the_objects_events(kubectl: Kubectl) -> None:
             "count": 1,
         }
     )
+
+
+def test_describe_lists_the_objects_events(kubectl: Kubectl) -> None:
+    record_event(kubectl)
     described = kubectl.ok("describe", "service", "web")
     assert "IP:                       10.96." in described
     events = described.split("Events:", 1)[1].splitlines()
@@ -338,3 +342,10 @@ def test_human_watch_prints_table_rows_for_changes(kubectl: Kubectl) -> None:
     assert header == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
     assert first[:2] == ["web", "ClusterIP"] and first[4] == "80/TCP"
     assert second[:2] == ["web", "NodePort"] and second[4].startswith("80:3") and second[4].endswith("/TCP")
+
+
+def test_get_events_prints_kubes_event_columns(kubectl: Kubectl) -> None:
+    record_event(kubectl)
+    header, row = kubectl.ok("get", "events").splitlines()
+    assert header.split() == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    assert row.split()[1:] == ["Normal", "Synced", "service/web", "routes", "published", "by", "kubegate"]
