@@ -445,3 +445,27 @@ def test_generation_only_on_the_kinds_kube_keeps_it_and_pod_status_on_create(ser
     }  # status given on create is dropped
     running = server.replace_status({**created, "status": {"phase": "Running", "podIP": "10.0.0.9"}})
     assert running["status"]["podIP"] == "10.0.0.9" and running["metadata"]["generation"] == 1
+
+
+def test_concurrent_writers_and_a_watch_agree(server: FakeApiServer) -> None:
+    start = server.resource_version
+    watch = WatchReader(server.url, f"{CONFIGMAPS}?watch=1&resourceVersion={start}").start()
+
+    def write(worker: int) -> None:
+        for number in range(25):
+            code, _ = call(server.url, "POST", CONFIGMAPS, configmap(f"w{worker}-{number}"))
+            assert code == 201
+
+    threads = [threading.Thread(target=write, args=(worker,)) for worker in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    events = watch.wait_for(200, timeout=10)
+    server.drop_watches()
+    versions = [int(event["object"]["metadata"]["resourceVersion"]) for event in events]
+    assert len(events) == 200 and {event["type"] for event in events} == {"ADDED"}
+    assert versions == sorted(versions) and len(set(versions)) == 200
+    assert versions == list(range(start + 1, start + 201))  # nothing else wrote: no gaps
+    _, listed = call(server.url, "GET", CONFIGMAPS)
+    assert len(listed["items"]) == 200
