@@ -164,8 +164,25 @@ class Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _json_body(self, raw: bytes) -> Any:
+        """The body as JSON (or YAML, which kube also accepts). Protobuf and CBOR are refused with 415,
+        on which client-go falls back to JSON."""
+        content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        json_types = (
+            "",
+            "application/json",
+            patches.MERGE_PATCH,
+            patches.STRATEGIC_MERGE_PATCH,
+            patches.JSON_PATCH,
+        )
+        if content_type not in (*json_types, "application/yaml"):
+            raise errors.unsupported_media_type(content_type)
         if not raw:
             raise errors.bad_request("the request body is empty; expected a JSON object")
+        if content_type == "application/yaml":
+            try:
+                return yaml.safe_load(raw)
+            except yaml.YAMLError as error:
+                raise errors.bad_request(f"the request body is not valid YAML: {error}") from None
         try:
             return json.loads(raw)
         except ValueError as error:

@@ -2,7 +2,9 @@
 
 Every outcome asserted here is what kubectl prints or returns against a real cluster for the same
 commands. kubectl validates against the server (``fieldValidation``), which the fake advertises through a
-minimal ``/openapi/v3``, so no ``--validate=false`` is needed.
+minimal ``/openapi/v3``, so no ``--validate=false`` is needed. ``kubectl explain`` has no schemas to show,
+and the imperative generators (``kubectl create secret ...``) send protobuf, which the fake refuses with
+415; ``--dry-run=client -o yaml | kubectl create -f -`` is the way around.
 """
 
 from __future__ import annotations
@@ -349,3 +351,16 @@ def test_get_events_prints_kubes_event_columns(kubectl: Kubectl) -> None:
     header, row = kubectl.ok("get", "events").splitlines()
     assert header.split() == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
     assert row.split()[1:] == ["Normal", "Synced", "service/web", "routes", "published", "by", "kubegate"]
+
+
+def test_imperative_generators_need_the_manifest_path(kubectl: Kubectl) -> None:
+    # kubectl's typed generators (create secret/configmap/service/...) send protobuf, which the fake does not
+    # decode: it says so with a 415 instead of misreading the body. Their manifests work as usual.
+    refused = kubectl.run("create", "secret", "generic", "token", "--from-literal=key=value")
+    assert refused.returncode == 1
+    assert "unknown format: application/vnd.kubernetes.protobuf" in refused.stderr
+    manifest = kubectl.ok(
+        "create", "secret", "generic", "token", "--from-literal=key=value", "--dry-run=client", "-o", "yaml"
+    )
+    assert kubectl.ok("create", "-f", "-", stdin=manifest).strip() == "secret/token created"
+    assert kubectl.get_json("secret", "token")["data"] == {"key": "dmFsdWU="}
