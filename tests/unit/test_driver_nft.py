@@ -175,3 +175,26 @@ def test_map_dispatch_carries_clusterip_nodeport_and_hairpin_and_changes_by_elem
         assert answers(node, "http://10.96.0.10/", 15) == {"pod-1"}
     finally:
         topology.teardown()
+
+
+class CountingDriver(NftDriver):
+    listings = 0
+
+    def listing(self) -> str:
+        self.listings += 1
+        return super().listing()
+
+
+def test_periodic_check_lists_only_when_something_was_committed_and_repairs_an_edit(namespace: str) -> None:
+    routing, endpoints = scale_ir(3, 2)
+    driver = CountingDriver(netns=namespace)
+    driver.apply(NftRenderer(NftOptions(dispatch="map")).render(routing, endpoints))
+    assert not driver.reapply_if_drifted()  # takes the baseline
+    assert driver.listings == 1
+    assert not driver.reapply_if_drifted() and not driver.reapply_if_drifted()
+    assert driver.listings == 1  # nothing committed since: nothing listed
+    # someone edits a rule inside our table: the same handle, another generation
+    assert _nft(namespace, "add", "rule", "inet", "kubegate", "services", "drop").returncode == 0
+    assert not driver.drifted()
+    assert driver.reapply_if_drifted()
+    assert "drop" not in driver.listing().split("chain services {")[1].split("}")[0]

@@ -41,10 +41,16 @@ def test_replies_to_other_requests_and_garbage_are_not_taken_for_an_answer() -> 
     other = _message(NEWTABLE, 9, b"\x01\x00\x00\x00" + _attr(4, struct.pack(">Q", 1)))
     with pytest.raises(nftlink.NetlinkError, match="no reply"):
         nftlink.parse_handle(other, 1)
-    with pytest.raises(nftlink.NetlinkError, match="without a handle"):
+    with pytest.raises(nftlink.NetlinkError, match="without the value"):
         nftlink.parse_handle(_message(NEWTABLE, 1, b"\x01\x00\x00\x00" + _attr(1, b"x\0")), 1)
     with pytest.raises(nftlink.NetlinkError):
         nftlink.parse_handle(b"\x00\x01", 1)
+
+
+def test_generation_is_read_from_the_newgen_reply() -> None:
+    kind = (nftlink.NFNL_SUBSYS_NFTABLES << 8) | nftlink.NFT_MSG_NEWGEN
+    body = b"\x00\x00\x00\x00" + _attr(nftlink.NFTA_GEN_ID, struct.pack(">I", 77))
+    assert nftlink.parse_generation(_message(kind, 3, body), 3) == 77
 
 
 def test_unknown_family_is_named() -> None:
@@ -71,7 +77,10 @@ def test_handle_matches_nft_and_changes_when_the_table_is_recreated(namespace: s
         return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=10).stdout
 
     assert nftlink.table_handle("inet", "kg", namespace) is None
+    before = nftlink.generation(namespace)
+    assert nftlink.generation(namespace) == before  # nothing committed in between
     nft("add", "table", "inet", "kg")
+    assert nftlink.generation(namespace) != before
     first = nftlink.table_handle("inet", "kg", namespace)
     assert first is not None and f'"handle": {first}' in nft("-j", "list", "tables")
     assert nftlink.table_handle("ip", "kg", namespace) is None  # other family

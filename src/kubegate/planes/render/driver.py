@@ -64,8 +64,9 @@ class NftDriver:
     ``nft list tables`` takes 2-4 s at 10,000 Services): it catches the table being deleted or replaced,
     not rules edited inside it. ``reapply_if_drifted()`` (the periodic check) also compares a full ``nft
     list table`` listing with a baseline listing taken at the first periodic check after an apply; that
-    listing takes seconds at 10,000 Services, so it is never done in apply(). An edit made between an
-    apply and the next periodic check becomes part of that baseline.
+    listing takes seconds at 10,000 Services, so it is never done in apply(), and later checks list only
+    when the namespace's ruleset generation moved since the last listing (someone committed something).
+    An edit made between an apply and the next periodic check becomes part of that baseline.
     """
 
     def __init__(self, table: str = "kubegate", family: str = "inet", netns: str | None = None) -> None:
@@ -77,6 +78,8 @@ class NftDriver:
         self._applied: str | RenderedNftables | None = None
         self._handle: str | None = None
         self._baseline: str | None = None
+        # the ruleset generation at the last listing that found the table as the baseline (None: list)
+        self._seen_generation: int | None = None
         self.applies = 0
         # how many applies loaded only the difference (the rest replaced the whole table)
         self.incremental_applies = 0
@@ -121,6 +124,7 @@ class NftDriver:
             if script is not None and self._try_load(script):
                 self._applied = ruleset
                 self._baseline = None
+                self._seen_generation = None
                 self.incremental_applies += 1
                 self.applies += 1
                 self.last_incremental = True
@@ -129,6 +133,7 @@ class NftDriver:
         self._applied = ruleset
         self._handle = self.table_handle()
         self._baseline = None
+        self._seen_generation = None
         self.applies += 1
         self.last_incremental = False
         return True
@@ -172,13 +177,25 @@ class NftDriver:
         """True when our table was removed or replaced since we loaded it (cheap: see the class comment)."""
         return self._applied is not None and self.table_handle() != self._handle
 
+    def _generation(self) -> int | None:
+        try:
+            return nftlink.generation(self.netns)
+        except OSError:
+            return None  # no netlink here: every check lists the table
+
     def _edited(self) -> bool:
-        """True when the table's listing differs from the baseline one; the first call takes the baseline."""
-        current = self.listing()
-        if self._baseline is None:
-            self._baseline = current
+        """True when the table's listing differs from the baseline one; the first call after an apply takes
+        the baseline. Later calls list nothing while the namespace's ruleset generation is the one seen at
+        the last listing: no transaction at all was committed since, by anyone."""
+        generation = self._generation()
+        if generation is not None and generation == self._seen_generation:
             return False
-        return current != self._baseline
+        current = self.listing()
+        if self._baseline is None or current == self._baseline:
+            self._baseline = current
+            self._seen_generation = generation
+            return False
+        return True
 
     def reapply_if_drifted(self) -> bool:
         if self._applied is None or not (self.drifted() or self._edited()):
@@ -196,6 +213,7 @@ class NftDriver:
         self._applied = None
         self._handle = None
         self._baseline = None
+        self._seen_generation = None
 
 
 def _difference(
