@@ -45,9 +45,11 @@ Use::
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import socket
+import sys
 import threading
 from types import TracebackType
 from typing import Any
@@ -70,10 +72,12 @@ class FakeApiServer:
     ``ApiError`` (with the same code, reason and message the HTTP API would send) on refusal.
     """
 
-    def __init__(self, *, bookmark_interval: float = 1.0, strict: bool = False) -> None:
+    def __init__(self, *, bookmark_interval: float = 1.0, strict: bool = False, port: int = 0) -> None:
         """``strict``: also refuse objects in missing Namespaces and Ingress hosts that are not DNS names,
-        as kube does (off by default so scenario tests need not create Namespaces first)."""
+        as kube does (off by default so scenario tests need not create Namespaces first). ``port``: 0 (the
+        default) lets the OS choose; tests should keep it so."""
         self.bookmark_interval = bookmark_interval
+        self.port = port
         self.cluster = Cluster(strict=strict)
         self.requests: list[tuple[str, str]] = []
         self.url = ""
@@ -89,7 +93,7 @@ class FakeApiServer:
     def start(self) -> str:
         if self._server is not None:
             return self.url
-        server = HTTPServer(("127.0.0.1", 0), Handler)
+        server = HTTPServer(("127.0.0.1", self.port), Handler)
         server.owner = self
         self._server = server
         host, port = server.server_address[:2]
@@ -247,4 +251,45 @@ class FakeApiServer:
         return len(self.cluster.watches())
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Run the fake on its own, for trying kubectl or ``kubegate serve --kubernetes`` by hand."""
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes.apiserver", description=main.__doc__)
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)")
+    parser.add_argument("--kubeconfig", metavar="FILE", help="write a kubeconfig for the server here")
+    parser.add_argument(
+        "--strict", action="store_true", help="namespaces must exist; Ingress hosts validated"
+    )
+    parser.add_argument(
+        "-f", "--filename", action="append", default=[], metavar="YAML", help="objects to create"
+    )
+    args = parser.parse_args(argv)
+    server = FakeApiServer(strict=args.strict, port=args.port)
+    try:
+        for path in args.filename:
+            with open(path, encoding="utf-8") as manifest:
+                for document in yaml.safe_load_all(manifest):
+                    if document:
+                        server.create(document)
+        url = server.start()
+    except (OSError, yaml.YAMLError, ApiError) as error:
+        print(f"fake API server: {error}", file=sys.stderr)
+        return 1
+    if args.kubeconfig:
+        server.write_kubeconfig(args.kubeconfig)
+    print(
+        f"fake API server at {url}" + (f"; kubeconfig {args.kubeconfig}" if args.kubeconfig else ""),
+        flush=True,
+    )
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
 __all__ = ["ApiError", "FakeApiServer"]
+
+if __name__ == "__main__":
+    sys.exit(main())
