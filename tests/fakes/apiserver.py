@@ -11,8 +11,9 @@ thread:
 - one global integer resourceVersion; uid, creationTimestamp; generation for the kinds kube keeps it on
   (Ingress, IngressClass, EndpointSlice, Pod: bumped when anything outside metadata and status changes);
   status subresources; no-op writes change nothing.
-- list with labelSelector / fieldSelector (``limit`` is ignored: everything comes in one page, which kube
-  also allows); ``resourceVersionMatch=Exact`` rebuilds the state at that version from history.
+- list with labelSelector / fieldSelector; ``limit``/``continue`` pages that all show the first page's
+  snapshot (410 once it is compacted; see paging.py); ``resourceVersionMatch=Exact`` rebuilds the state
+  at that version from history.
 - watch: newline-delimited JSON events over chunked encoding; replay after a resourceVersion; a
   resourceVersion older than the history kept gets HTTP 200 and an ERROR event carrying a 410 Expired Status
   (what kube-apiserver's watch cache sends); bookmarks; timeoutSeconds; synthetic ADDED events when the

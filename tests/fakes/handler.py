@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from tests.fakes import errors, openapi, patches, resources, tables
+from tests.fakes import errors, openapi, paging, patches, resources, tables
 from tests.fakes.cluster import Cluster, Obj, Watch, too_large
 from tests.fakes.errors import ApiError
 from tests.fakes.resources import ResourceType
@@ -294,9 +294,9 @@ class Handler(BaseHTTPRequestHandler):
         if method in ("GET", "HEAD"):
             obj = cluster.get(resource, namespace, name)
             if self._table_wanted():
-                version = obj["metadata"]["resourceVersion"]
+                metadata = {"resourceVersion": obj["metadata"]["resourceVersion"]}
                 self._send_json(
-                    200, tables.table(resource.kind, [obj], version, query.get("includeObject", ""))
+                    200, tables.table(resource.kind, [obj], metadata, query.get("includeObject", ""))
                 )
             else:
                 self._send_json(200, obj)
@@ -337,11 +337,22 @@ class Handler(BaseHTTPRequestHandler):
         )
 
     def _list(self, target: Target, query: dict[str, str]) -> None:
+        cluster = self.server.owner.cluster
         probe = self._selectors(target, query)
         version = query.get("resourceVersion", "")
         match = query.get("resourceVersionMatch", "")
+        limit = paging.parse_limit(query.get("limit", ""))
+        token = query.get("continue", "")
         at: int | None = None
-        if match == "Exact":
+        after: paging.Key | None = None
+        if token:
+            if version or match:
+                raise errors.bad_request("specifying resource version is not allowed when using continue")
+            continuation = paging.decode(token)
+            at, after = continuation.resource_version, continuation.after
+            if at < cluster.oldest_resource_version:
+                raise paging.expired_continuation()
+        elif match == "Exact":
             if version in ("", "0"):
                 raise errors.bad_request("resourceVersionMatch=Exact needs a resourceVersion other than 0")
             at = _parse_version(version)
@@ -349,22 +360,29 @@ class Handler(BaseHTTPRequestHandler):
             raise errors.bad_request(f"unsupported resourceVersionMatch {match!r}")
         elif version not in ("", "0"):
             wanted = _parse_version(version)
-            if wanted > self.server.owner.cluster.resource_version:
-                raise too_large(wanted, self.server.owner.cluster.resource_version)
-        list_version, items = self.server.owner.cluster.list_objects(
-            target.resource, probe.namespace, probe.labels, probe.fields, at
-        )
+            if wanted > cluster.resource_version:
+                raise too_large(wanted, cluster.resource_version)
+        try:
+            list_version, items = cluster.list_objects(
+                target.resource, probe.namespace, probe.labels, probe.fields, at
+            )
+        except ApiError as error:
+            if token and error.code == 410:
+                raise paging.expired_continuation() from None  # compacted between the pages
+            raise
+        selected = bool(probe.labels or probe.fields)
+        page, metadata = paging.cut(items, limit, after, list_version, count_remaining=not selected)
         if self._table_wanted():
             include = query.get("includeObject", "")
-            self._send_json(200, tables.table(target.resource.kind, items, str(list_version), include))
+            self._send_json(200, tables.table(target.resource.kind, page, metadata, include))
             return
         self._send_json(
             200,
             {
                 "kind": target.resource.list_kind,
                 "apiVersion": target.resource.api_version,
-                "metadata": {"resourceVersion": str(list_version)},
-                "items": [_strip_type(item) for item in items],
+                "metadata": metadata,
+                "items": [_strip_type(item) for item in page],
             },
         )
 

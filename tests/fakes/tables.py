@@ -290,7 +290,8 @@ def _row_object(obj: Obj, include: str) -> Obj | None:
     }
 
 
-def table(kind: str, items: list[Obj], resource_version: str, include: str = "Metadata") -> Obj:
+def table(kind: str, items: list[Obj], list_metadata: Obj, include: str = "Metadata") -> Obj:
+    """A Table of ``items``; ``list_metadata`` is the list's (resourceVersion, and continue when paged)."""
     columns, cells = PRINTERS.get(
         kind, ((("Created At", "date", 0),), lambda o: [(o.get("metadata") or {}).get("creationTimestamp")])
     )
@@ -313,7 +314,7 @@ def table(kind: str, items: list[Obj], resource_version: str, include: str = "Me
     return {
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
-        "metadata": {"resourceVersion": resource_version},
+        "metadata": list_metadata,
         "columnDefinitions": definitions,
         "rows": rows,
     }

@@ -172,7 +172,6 @@ def test_label_and_field_selectors(server: FakeApiServer) -> None:
     assert names("labelSelector=tier%3Dweb,env%3Dprod") == ["a"]
     assert names("fieldSelector=metadata.name%3Db") == ["b"]
     assert names("fieldSelector=metadata.namespace!%3Ddefault") == ["c"]
-    assert names("limit=1") == ["a", "b", "c"]  # limit is ignored, never an error
     code, status = call(server.url, "GET", "/api/v1/services?fieldSelector=spec.type%3DNodePort")
     assert code == 400 and "field label not supported: spec.type" in status["message"]
     code, status = call(server.url, "GET", "/api/v1/services?labelSelector=tier+in+db")
@@ -351,3 +350,36 @@ def test_put_creates_only_the_kinds_kube_creates_on_update(server: FakeApiServer
         server.url, "PUT", "/apis/networking.k8s.io/v1/namespaces/default/ingresses/i", ingress("i")
     )
     assert code == 404
+
+
+def test_pages_follow_continue_and_show_one_snapshot(server: FakeApiServer) -> None:
+    for name in ("a", "b", "c", "d", "e"):
+        call(server.url, "POST", SERVICES, service(name))
+    code, first = call(server.url, "GET", f"{SERVICES}?limit=2")
+    assert code == 200 and [i["metadata"]["name"] for i in first["items"]] == ["a", "b"]
+    assert first["metadata"]["remainingItemCount"] == 3
+    snapshot = first["metadata"]["resourceVersion"]
+    # writes between pages do not show: every page is cut from the first page's version
+    call(server.url, "DELETE", f"{SERVICES}/c")
+    call(server.url, "POST", SERVICES, service("bb"))
+    names = [i["metadata"]["name"] for i in first["items"]]
+    token = first["metadata"]["continue"]
+    while token:
+        code, page = call(server.url, "GET", f"{SERVICES}?limit=2&continue={token}")
+        assert code == 200 and page["metadata"]["resourceVersion"] == snapshot
+        names += [i["metadata"]["name"] for i in page["items"]]
+        token = page["metadata"].get("continue")
+    assert names == ["a", "b", "c", "d", "e"]
+    code, status = call(
+        server.url, "GET", f"{SERVICES}?limit=2&continue={first['metadata']['continue']}&resourceVersion=1"
+    )
+    assert code == 400 and "not allowed when using continue" in status["message"]
+    code, status = call(server.url, "GET", f"{SERVICES}?limit=2&continue=bm90LWpzb24=")
+    assert code == 400 and "continue key is not valid" in status["message"]
+    server.compact()
+    code, status = call(server.url, "GET", f"{SERVICES}?limit=2&continue={first['metadata']['continue']}")
+    assert (
+        code == 410 and status["reason"] == "Expired" and "continue parameter is too old" in status["message"]
+    )
+    code, selected = call(server.url, "GET", f"{SERVICES}?limit=1&labelSelector=app")
+    assert code == 200 and "remainingItemCount" not in selected["metadata"]

@@ -364,3 +364,14 @@ def test_imperative_generators_need_the_manifest_path(kubectl: Kubectl) -> None:
     )
     assert kubectl.ok("create", "-f", "-", stdin=manifest).strip() == "secret/token created"
     assert kubectl.get_json("secret", "token")["data"] == {"key": "dmFsdWU="}
+
+
+def test_get_follows_pages_past_kubectls_chunk_size(kubectl: Kubectl) -> None:
+    for number in range(620):  # kubectl asks for 500 at a time
+        kubectl.server.create(
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"c{number:04}"}}
+        )
+    names = kubectl.ok("get", "configmaps", "-o", "name").split()
+    assert len(names) == 620 and names[0] == "configmap/c0000" and names[-1] == "configmap/c0619"
+    assert len(kubectl.ok("get", "configmaps", "--no-headers").splitlines()) == 620
+    assert any("limit=500" in path and "continue=" in path for _, path in kubectl.server.requests)

@@ -143,9 +143,8 @@ class WatchStream:
     def _send_event(self, event: WatchEvent) -> None:
         obj = event.object
         if self.options.as_table:
-            obj = tables.table(
-                obj["kind"], [obj], obj["metadata"]["resourceVersion"], self.options.include_object
-            )
+            version = {"resourceVersion": obj["metadata"]["resourceVersion"]}
+            obj = tables.table(obj["kind"], [obj], version, self.options.include_object)
         self._write({"type": event.type, "object": obj})
         self.last_version = event.resource_version
 
