@@ -28,7 +28,8 @@ from kubegate.planes.proxy.http import ProxySettings
 from kubegate.planes.proxy.l4 import L4Proxy, L4Settings
 from kubegate.planes.proxy.server import ProxyServer
 from kubegate.reconcile import Reconciler, Source
-from kubegate.sources.kubernetes.config import KubeConnection
+from kubegate.sources.kubernetes.config import KubeConfigError, KubeConnection
+from kubegate.sources.kubernetes.controller import ClusterController, ControllerSettings
 from kubegate.sources.kubernetes.source import KubernetesSource
 from kubegate.translate.context import Options, Translation
 
@@ -61,6 +62,10 @@ class ServeConfig:
     kubernetes: KubeConnection | None = None
     # the one namespace to watch there; None: all namespaces
     kubernetes_namespace: str | None = None
+    # leader election and status write-back with the Kubernetes source
+    controller: ControllerSettings = field(default_factory=ControllerSettings)
+    # False in secondary worker processes: one process per replica campaigns and writes status
+    writes_status: bool = True
 
 
 # Called with every translation once it is serving (the first one included): where status writing to
@@ -79,6 +84,14 @@ def make_source(config: ServeConfig) -> Source | None:
     )
 
 
+def make_cluster(config: ServeConfig) -> ClusterController | None:
+    """The cluster hooks of the Kubernetes source; None for the manifest files."""
+    if config.kubernetes is None:
+        return None
+    client = config.kubernetes.lightkube_client() if config.writes_status else None
+    return ClusterController(client, config.controller, writes=config.writes_status)
+
+
 class ListenError(Exception):
     """A port that cannot be bound; the message names the address."""
 
@@ -91,8 +104,14 @@ class Gateway:
         self.proxy: ProxyServer | None = None
         self.admin: AdminServer | None = None
         self.access_log = AccessLogWriter(config.access_log) if config.access_log else None
+        self.cluster = make_cluster(config)
         self.reconciler = Reconciler(
-            config.paths, config.options, self._publish, config.state_file, source=make_source(config)
+            config.paths,
+            config.options,
+            self._publish,
+            config.state_file,
+            source=make_source(config),
+            cluster=self.cluster,
         )
         self.publish_hooks: list[PublishHook] = []
         self.trigger = asyncio.Event()
@@ -143,6 +162,8 @@ class Gateway:
 
     async def start(self) -> None:
         await self.reconciler.start()
+        if self.cluster is not None:
+            await self.cluster.start()
         self.reconciler.reload()
         translation = self.reconciler.translation
         assert translation is not None
@@ -226,6 +247,8 @@ class Gateway:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
+        if self.cluster is not None:
+            await self.cluster.stop()
         await self.reconciler.stop()
         if self.admin is not None:
             await self.admin.close()
@@ -239,7 +262,11 @@ class Gateway:
 
 
 async def _serve_until_signalled(config: ServeConfig) -> int:
-    gateway = Gateway(config)
+    try:
+        gateway = Gateway(config)
+    except KubeConfigError as error:
+        print(f"kubegate: {error}", file=sys.stderr)
+        return 2
     try:
         await gateway.start()
     except ListenError as error:
@@ -299,7 +326,7 @@ def _with_reuse_port(config: ServeConfig) -> ServeConfig:
 
 
 def _secondary(config: ServeConfig) -> ServeConfig:
-    return replace(config, admin_listen=None, state_file=None)
+    return replace(config, admin_listen=None, state_file=None, writes_status=False)
 
 
 def parse_listen(text: str, flag: str) -> tuple[str, int]:

@@ -195,6 +195,45 @@ def _add_kubernetes_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also serve Ingresses with no class and no default IngressClass (as ingress-nginx)",
     )
+    group.add_argument(
+        "--publish-service",
+        metavar="NAMESPACE/NAME",
+        help="Ingress status shows this Service's LoadBalancer addresses (kubegate's own Service; "
+        "as ingress-nginx); else --publish-address",
+    )
+    group.add_argument(
+        "--election-id",
+        default="kubegate-leader",
+        metavar="NAME",
+        help="the Lease replicas elect a leader with; the leader writes status and Events "
+        "(default: %(default)s)",
+    )
+    group.add_argument(
+        "--leader-election-namespace",
+        metavar="NAMESPACE",
+        help="namespace of the Lease (default: $POD_NAMESPACE, else default)",
+    )
+    group.add_argument(
+        "--lease-duration",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="how long a leader's Lease holds without renewal: the longest hand-over (default: 15)",
+    )
+    group.add_argument(
+        "--renew-deadline",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a leader that could not renew for this long stops acting as leader (default: 10)",
+    )
+    group.add_argument(
+        "--retry-period",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="time between attempts to acquire or renew the Lease (default: 2)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

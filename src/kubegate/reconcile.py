@@ -24,6 +24,7 @@ from typing import Protocol
 import watchfiles
 
 from kubegate.objects.meta import ObjectKey, Origin
+from kubegate.objects.snapshot import Snapshot
 from kubegate.pipeline import place_diagnostics
 from kubegate.sources.files import LoadResult, Problem, load_paths
 from kubegate.state import StateError, load_allocations, save_allocations
@@ -62,6 +63,24 @@ class Source(Protocol):
 
     async def stop(self) -> None:
         """Release what `start()` took."""
+
+
+class ClusterHooks(Protocol):
+    """What the Kubernetes source adds around translation (sources.kubernetes.controller): allocations
+    and publish addresses from the cluster, serving only what the cluster shows, writing status."""
+
+    def prepare(self, snapshot: Snapshot, options: Options) -> tuple[Options, Allocations]:
+        """The options and allocations to translate this snapshot with."""
+        ...
+
+    def serving(self, translation: Translation, snapshot: Snapshot) -> Translation:
+        """The part of a translation this replica serves."""
+        ...
+
+    def translated(
+        self, translation: Translation, snapshot: Snapshot, options: Options, problems: Sequence[Problem]
+    ) -> None:
+        """Called after each translation (status and Events are written from here)."""
 
 
 class FileSource:
@@ -107,9 +126,11 @@ class Reconciler:
         state_file: Path | None = None,
         *,
         source: Source | None = None,
+        cluster: ClusterHooks | None = None,
     ) -> None:
         self.paths = list(paths)
         self.source: Source = source if source is not None else FileSource(paths)
+        self.cluster = cluster
         self.options = options
         self.store = Store()
         self.translator = Translator()
@@ -130,12 +151,23 @@ class Reconciler:
         changed = change.changed or self.translation is None
         problems = list(result.problems)
         if changed:
-            translation = self.translator.translate(self.store.snapshot, self.options, self.allocations)
+            snapshot = self.store.snapshot
+            if self.cluster is None:
+                options, allocations = self.options, self.allocations
+            else:
+                # from the API server: the cluster's objects are the record of what was allocated
+                options, allocations = self.cluster.prepare(snapshot, self.options)
+            translation = self.translator.translate(snapshot, options, allocations)
             problems.extend(place_diagnostics(translation.diagnostics, self.store.origin))
-            self._persist(translation.allocations)
+            if self.cluster is None:
+                self._persist(translation.allocations)
+                serving = translation
+            else:
+                self.cluster.translated(translation, snapshot, options, problems)
+                serving = self.cluster.serving(translation, snapshot)
             # publish first: the publisher compares with self.translation, the version still serving
-            self.publish(translation)
-            self.translation = translation
+            self.publish(serving)
+            self.translation = serving
         self.reloads += 1
         # each problem is logged when it appears, not again on every reload while it stays (from the API
         # server, reloads follow every endpoint change); /debug/problems lists them all

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import resource
 import sys
 from dataclasses import replace
@@ -25,6 +26,7 @@ from kubegate.planes.render import (
 )
 from kubegate.settings import SettingsError, options_from_args
 from kubegate.sources.kubernetes.config import KubeConfigError, KubeConnection, KubeSettings, resolve
+from kubegate.sources.kubernetes.controller import ControllerSettings
 from kubegate.state import StateError
 
 EXIT_USAGE = 2
@@ -61,6 +63,7 @@ def run_long_running(args: argparse.Namespace) -> int:
             options=options,
             kubernetes=kubernetes,
             kubernetes_namespace=getattr(args, "namespace", None),
+            controller=_controller_settings(args) if kubernetes is not None else ControllerSettings(),
             listen=listen,
             tls_listen=None
             if args.tls_listen == "off"
@@ -89,9 +92,9 @@ def _kubernetes_connection(args: argparse.Namespace) -> KubeConnection | None:
     """The API server connection for `serve --kubernetes`, or None for PATH. Raises SettingsError for a
     wrong combination, KubeConfigError for an unusable kubeconfig."""
     if not getattr(args, "kubernetes", False):
-        for flag in ("kubeconfig", "context", "namespace"):
+        for flag in ("kubeconfig", "context", "namespace", "publish_service", "leader_election_namespace"):
             if getattr(args, flag, None) is not None:
-                raise SettingsError(f"--{flag} needs --kubernetes")
+                raise SettingsError(f"--{flag.replace('_', '-')} needs --kubernetes")
         if getattr(args, "watch_ingress_without_class", False):
             raise SettingsError("--watch-ingress-without-class needs --kubernetes")
         if args.long_running == "serve" and not args.paths:
@@ -102,6 +105,30 @@ def _kubernetes_connection(args: argparse.Namespace) -> KubeConnection | None:
             f"serve: PATH ({' '.join(args.paths)}) and --kubernetes exclude each other: pick one source"
         )
     return resolve(KubeSettings(args.kubeconfig, args.context, args.namespace))
+
+
+def _controller_settings(args: argparse.Namespace) -> ControllerSettings:
+    """Leader election and status flags of `serve --kubernetes`. Raises SettingsError."""
+    publish: tuple[str, str] | None = None
+    if args.publish_service is not None:
+        namespace, sep, name = args.publish_service.partition("/")
+        if not sep or not namespace or not name:
+            raise SettingsError(f"--publish-service {args.publish_service!r}: expected NAMESPACE/NAME")
+        publish = (namespace, name)
+    if not 0 < args.retry_period < args.renew_deadline < args.lease_duration:
+        raise SettingsError(
+            "leader election needs 0 < --retry-period < --renew-deadline < --lease-duration "
+            f"(got {args.retry_period}, {args.renew_deadline}, {args.lease_duration})"
+        )
+    return ControllerSettings(
+        election_namespace=args.leader_election_namespace or os.environ.get("POD_NAMESPACE") or "default",
+        election_id=args.election_id,
+        lease_duration=args.lease_duration,
+        renew_deadline=args.renew_deadline,
+        retry_period=args.retry_period,
+        publish_service=publish,
+        namespace=args.namespace,
+    )
 
 
 def _run_agent(args: argparse.Namespace) -> int:
