@@ -368,6 +368,8 @@ class Cluster:
         new["metadata"]["resourceVersion"] = self._next_version()
         self._bucket(resource)[key] = new
         self._record("MODIFIED", resource, key, old, new)
+        if resource.kind == "Service":
+            self.allocator.release(old, kept=new)  # e.g. nodePorts of a Service no longer NodePort
         return new
 
     def modify(self, resource: ResourceType, namespace: str, name: str, edit: Any, *, status: bool) -> Obj:

@@ -48,13 +48,23 @@ class Allocator:
                 return port
         raise ApiError(500, "InternalError", "range of valid nodePorts is full")
 
-    def release(self, service: dict[str, Any]) -> None:
+    @staticmethod
+    def _held(service: dict[str, Any]) -> tuple[set[Any], set[Any]]:
         spec = service.get("spec") or {}
-        for ip in spec.get("clusterIPs") or [spec.get("clusterIP")]:
-            self.cluster_ips.discard(ip)
-        for port in spec.get("ports") or []:
-            self.node_ports.discard(port.get("nodePort"))
-        self.node_ports.discard(spec.get("healthCheckNodePort"))
+        ips = set(spec.get("clusterIPs") or [spec.get("clusterIP")])
+        ports = {port.get("nodePort") for port in spec.get("ports") or [] if isinstance(port, dict)}
+        ports.add(spec.get("healthCheckNodePort"))
+        return ips, ports
+
+    def release(self, service: dict[str, Any], kept: dict[str, Any] | None = None) -> None:
+        """Free what ``service`` held, except what ``kept`` (its successor after an update) still holds."""
+        ips, ports = self._held(service)
+        if kept is not None:
+            kept_ips, kept_ports = self._held(kept)
+            ips -= kept_ips
+            ports -= kept_ports
+        self.cluster_ips.difference_update(ips)
+        self.node_ports.difference_update(ports)
 
 
 def _wants_node_ports(spec: dict[str, Any]) -> bool:

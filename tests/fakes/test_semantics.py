@@ -469,3 +469,21 @@ def test_concurrent_writers_and_a_watch_agree(server: FakeApiServer) -> None:
     assert versions == list(range(start + 1, start + 201))  # nothing else wrote: no gaps
     _, listed = call(server.url, "GET", CONFIGMAPS)
     assert len(listed["items"]) == 200
+
+
+def test_node_ports_are_freed_when_a_service_stops_needing_them(server: FakeApiServer) -> None:
+    body = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "np"},
+        "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]},
+    }
+    server.create(body)
+    other = {**body, "metadata": {"name": "other"}}
+    code, status = call(server.url, "POST", SERVICES, other)
+    assert code == 422 and "provided port is already allocated" in status["message"]
+    server.patch("v1", "Service", "default", "np", {"spec": {"type": "ClusterIP"}})
+    cluster_ip_only = server.get("v1", "Service", "default", "np")
+    assert cluster_ip_only is not None and "nodePort" not in cluster_ip_only["spec"]["ports"][0]
+    code, created = call(server.url, "POST", SERVICES, other)
+    assert code == 201 and created["spec"]["ports"][0]["nodePort"] == 30080
