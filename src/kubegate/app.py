@@ -120,6 +120,7 @@ class Gateway:
         self.l4: L4Proxy | None = None
         self._l4_lock = asyncio.Lock()
         self._l4_updates: set[asyncio.Task[None]] = set()
+        self._l4_logged: set[tuple[str, str]] = set()
         self._watch_task: asyncio.Task[None] | None = None
 
     def _publish(self, translation: Translation) -> None:
@@ -156,9 +157,13 @@ class Gateway:
             self._log_l4_errors()
 
     def _log_l4_errors(self) -> None:
+        # each listener error once, when it appears: every reload retries the listeners, and an address
+        # this machine does not hold would otherwise repeat its error on every endpoint change
         assert self.l4 is not None
-        for service, message in self.l4.errors:
+        errors = set(self.l4.errors)
+        for service, message in sorted(errors - self._l4_logged):
             log.error("Service %s: %s", service, message)
+        self._l4_logged = errors
 
     async def start(self) -> None:
         await self.reconciler.start()

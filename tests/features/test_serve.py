@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import socket
 import ssl
 import time
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trustme
 
 from kubegate.app import Gateway, ServeConfig
@@ -279,3 +281,41 @@ async def test_a_loadbalancer_service_answers_on_its_external_ip_and_nodeport(tm
                 assert response.json()["name"] == "lb", (address, port)
         finally:
             await gw.stop()
+
+
+async def test_an_address_this_machine_lacks_is_reported_once_not_on_every_reload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # an external IP from a documentation range: no interface here has it, so it cannot be bound
+    (tmp_path / "svc.yaml").write_text(
+        SERVICE.format(name="ext", port=9).replace("spec:\n", "spec:\n  externalIPs: [192.0.2.10]\n", 1)
+    )
+    config = ServeConfig(
+        paths=(str(tmp_path),),
+        options=Options(),
+        listen=("127.0.0.1", 0),
+        tls_listen=None,
+        admin_listen=None,
+        node_address="127.0.0.1",
+        access_log=None,
+        drain_seconds=1.0,
+        watch=False,
+    )
+    caplog.set_level(logging.ERROR, logger="kubegate")
+    gw = Gateway(config)
+    await gw.start()
+    try:
+        for port in (10, 11, 12):
+            # an endpoint change: another reload, the listeners retried
+            (tmp_path / "svc.yaml").write_text(
+                SERVICE.format(name="ext", port=port).replace(
+                    "spec:\n", "spec:\n  externalIPs: [192.0.2.10]\n", 1
+                )
+            )
+            gw.reconciler.reload()
+            await asyncio.sleep(0.1)
+    finally:
+        await gw.stop()
+    reported = [r for r in caplog.records if "192.0.2.10" in r.getMessage()]
+    assert len(reported) == 1, [r.getMessage() for r in reported]
+    assert "cannot listen on TCP 192.0.2.10:80" in reported[0].getMessage()
