@@ -4,34 +4,44 @@ Everything runs in throwaway network namespaces created here (unique names, dele
 needs root and the binaries ip, nft, iperf3 and haproxy (Debian packages iproute2, nftables, iperf3,
 haproxy); without them it says what is missing and exits 0 having measured nothing.
 
-1. Scale: 10,000 Services x 10 endpoints rendered by ``render_nftables`` and applied by ``NftDriver.apply``
-   in one transaction, for the "inline" and "rules" dispatch ("vmap" only at 1,000 Services: it needs
-   minutes at 10,000). ``apply`` runs ``nft -c`` (validate), ``nft -f`` (load, reported alone as "load
-   without -c") and ``nft list table`` (the drift baseline); each step is timed. Then one endpoint of one
-   Service changes: re-render and apply the whole table, as the driver does today, against the cost of an
-   incremental update (one ``nft -f`` transaction that rewrites only the chains and set elements that
-   differ), which is what a diffing driver would pay.
+1. Scale: 10,000 Services x 10 endpoints rendered by one ``NftRenderer`` (the agent keeps one for its
+   life) and applied by ``NftDriver.apply`` in one transaction, for the "map", "inline" and "rules"
+   dispatch ("vmap" only at 1,000 Services: it needs minutes at 10,000). ``apply`` is one ``nft -f``
+   (timed alone as "load") and a netlink read of the table handle; ``nft -c`` is timed beside it for
+   reference only (apply no longer runs it: one ``nft -f`` is one transaction). Then one endpoint of one
+   Service changes and the same renderer and driver take it end to end: re-render (one Service), the
+   structured diff, and the small ``nft -f`` (its time is "the kernel part"). For comparison, the
+   previous path: the whole text rendered again and diffed as text.
 2. Kernel path: iperf3 client namespace -> node's nodePort -> pod namespace through the rendered rules
    (DNAT + masquerade), against the client reaching the pod directly, routed by the node without NAT.
 3. Userspace path: the same through ``kubegate.planes.proxy.l4.L4Proxy`` (uvloop, in the node namespace)
    against haproxy ``mode tcp`` on the same path.
 
 Measured 2026-12-02 on the shared 2-core dev machine (root, nft 1.0.6, kernel 6.18; other engineers' work
-running, so +-30%; whole run 240 s):
+running, load average 2-5, so +-30%; whole run 111 s):
 
-    10,000 Services x 10 endpoints   inline     rules      (target: render + apply < 2 s)
-    render                           0.8-1.6 s  0.7-0.9 s  (152k / 652k lines)
-    validate (nft -c)                5.0-5.2 s  9.0-12 s
-    load without -c (nft -f)         3.8 s      8.1-10 s
-    drift baseline (nft list table)  8-13 s     45-47 s    (NftDriver.apply lists the table after loading)
-    render + apply                   18.6 s     65 s       missed
-    one endpoint change, full        15.9 s     59 s       (target < 100 ms) missed
-    one endpoint change, incremental 0.14 s     1.65 s     (one nft -f of flush chain/add rule/elements)
-    vmap at 1,000 Services: render + apply 2.8 s, full change 10.8 s, incremental 77 ms.
+    10,000 Services x 10 endpoints   map      inline   rules    target
+    render (first, all Services)     0.69 s   0.82 s   1.5 s    (132k / 152k / 652k lines)
+    load (nft -f)                    1.71 s   3.24 s   9.6 s    (nft -c alone: 1.7 / 3.4 / 8.8 s)
+    render + apply                   2.61 s   4.22 s   11.2 s   < 2 s: missed (nft -f alone is 1.7-2.2 s)
+    one endpoint change, end to end  54 ms    161 ms   954 ms   < 100 ms: met with "map"
+      of which nft -f                21 ms    124 ms   922 ms   (6 / 13 / 16 commands)
+      text re-render + text diff     0.42 s   0.68 s   2.1 s    (the previous driver's path, for comparison)
+    vmap at 1,000 Services: render + apply 1.05 s, one change 64 ms (nft -f 57 ms).
+    Before this work (2026-12-02 morning): inline 18.6 s full (nft -c 5 s + nft -f 3.8 s + two `nft list
+    tables` for the drift handle, 2-4 s each at this size), one change 248 ms at 500 Services.
+
+Where the rest goes (measured with time(1) in a throwaway namespace, 10,000 x 10, "map"): nft -f is
+1.1 s user (nft parsing and evaluating 242,000 elements; it reads all of stdin before parsing, so
+rendering cannot overlap it) and 0.7 s system (the kernel's transaction); the hairpin-endpoints set
+(100,000 elements) is 0.3-0.4 s of it. An endpoint change with "inline" or "rules" adds and flushes rules,
+and any transaction that adds a rule or a jump makes the kernel validate every rule reachable from the
+base chains (80 ms system at 152k lines, 0.9 s at 652k); "map" changes only data-map elements, which
+commit without that walk (20-40 ms at any size).
 
     iperf3 TCP, Gbit/s (median of 3 x 5 s)  kubegate  baseline                 target
-    client -> nodePort -> pod, kernel       11.4      routed no NAT 12.4 0.92x >= 0.95x (rounds 0.85-0.96x)
-    client -> nodePort -> pod, L4Proxy      10.0      haproxy tcp 5.7  1.76x   >= 0.8x
+    client -> nodePort -> pod, kernel       10.8      routed no NAT 12.1 0.89x >= 0.95x (rounds 0.85-0.93x)
+    client -> nodePort -> pod, L4Proxy      8.5       haproxy tcp 5.1  1.67x   >= 0.8x
 
 Run: .venv/bin/python bench/services.py [--services 10000] [--rounds 3] [--seconds 5] [--quick]
 """

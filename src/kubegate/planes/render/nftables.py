@@ -23,6 +23,14 @@ Layout (names are fixed so the driver and humans can find them):
   update and DNAT themselves, so there are no ``ep-*`` chains and hairpin traffic is masqueraded in
   postrouting by the set ``hairpin-endpoints``). Anonymous vmaps and per-endpoint chains are what make
   big transactions slow in the kernel; see the option's comment for measurements.
+- ``map`` dispatch: no chain per Service. ``service-ips`` sends a ClusterIP to the shared chain
+  ``pick-N`` (N: the port's endpoint count), whose DNAT takes its target from the data map
+  ``endpoints-N`` keyed by ``ip daddr . meta l4proto . th dport . numgen random mod N``; external IPs
+  go through ``ext-pick-N`` (masquerade mark first), nodePorts through ``nodeport-pick-N`` and
+  ``nodeport-endpoints-N`` (keyed without the address). One map per N, not one per Service: the kernel
+  checks every element of a map against every rule bound to it, so binding one big map from each
+  Service's chain is quadratic (2,000 rules on a 100,000-element map: 11 s). Hairpin as for
+  ``inline``. Services with ClientIP affinity or externalTrafficPolicy Local keep ``inline`` chains.
 - Service ports without endpoints are rejected in filter chains (``reject`` is not allowed in nat
   chains): TCP gets a reset, others ICMP port-unreachable. Other traffic to ClusterIPs (ping, unused
   ports) is rejected after DNAT, from ``cluster-ips`` and the optional ``service_cidr``.
@@ -33,8 +41,16 @@ the Service port's identity, so names stay unique and stable when the readable m
 sanitised to nft's identifier alphabet ``[A-Za-z0-9_./-]`` or cut short (names stay within
 ``MAX_NAME`` characters; the endpoint tail is never cut).
 
-Order: maps and sets first with sorted elements, then the fixed chains, then the chains of each
-Service (sorted by name; ports by protocol and number; endpoints by address and port).
+Order: maps and sets first with sorted elements (``endpoints-N`` maps in Service order), then the
+fixed chains and the ``pick-N`` chains, then the chains of each Service (sorted by name; ports by
+protocol and number; endpoints by address and port).
+
+Rendering again: ``NftRenderer`` keeps, per Service, what it rendered from that Service and its
+endpoints alone (a part) and what it contributes to the table (a group: its sets and chains, and its
+elements of the shared maps). While the Service and its endpoints compare equal and no claim on its
+addresses changed owner, the same group object is reused, and ``nftdiff.incremental_structured`` skips
+it by identity; element counts across groups keep an element two Services share. ``render_nftables``
+is one fresh ``NftRenderer`` render, as text.
 
 IPv6: not supported yet. IPv6 ClusterIPs, external/LoadBalancer IPs and endpoints are left out, each
 named in a ``#`` comment; the rules match IPv4 only (also in an ``inet`` table).

@@ -9,6 +9,12 @@ rewrites only what differs:
 - new chains and sets/maps added, removed ones deleted;
 - set and map elements that differ deleted and added.
 
+``incremental_structured(before, after)`` writes the same script from two ``NftRenderer`` renderings
+without any text: it compares only the shared objects and the per-Service groups that are not the same
+object in both (one group for one endpoint change), and takes element changes of the shared maps from
+the groups' element counts. At 10,000 Services x 10 endpoints it takes about 3 ms where parsing and
+comparing the two texts takes 0.4 s.
+
 Order matters to the kernel, which refuses to delete a chain or set something still refers to, and
 to add a rule or element that names a chain or set that does not exist yet: new objects are declared
 first, then stale elements are deleted, changed and removed chains are flushed (dropping their
