@@ -372,6 +372,35 @@ def _parser() -> argparse.ArgumentParser:
         help="where the haproxy.cfg is written (default: %(default)s)",
     )
     lb.add_argument("--runtime-socket", default="/run/kubegate/haproxy.sock")
+    checks = lb.add_argument_group("health checks of the nodes (HAProxy check inter/fall/rise)")
+    checks.add_argument(
+        "--check-interval",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="time between TCP checks of each node's nodePort (default: 2)",
+    )
+    checks.add_argument(
+        "--check-fall",
+        type=int,
+        default=3,
+        metavar="N",
+        help="failed checks in a row that take a node out (default: 3)",
+    )
+    checks.add_argument(
+        "--check-rise",
+        type=int,
+        default=2,
+        metavar="N",
+        help="passed checks in a row that bring it back (default: 2)",
+    )
+    checks.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="connecting to a node, for traffic and checks (default: 5)",
+    )
     add_translate_arguments(lb)
     lb.set_defaults(handler=None, long_running="loadbalancer")
 

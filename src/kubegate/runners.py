@@ -173,7 +173,13 @@ def _run_loadbalancer(args: argparse.Namespace) -> int:
         nodes.append((name if sep else address, address))
     try:
         haproxy = HAProxyOptions(
-            runtime_socket=args.runtime_socket, node_addresses=tuple(nodes), maxconn=_haproxy_maxconn()
+            runtime_socket=args.runtime_socket,
+            node_addresses=tuple(nodes),
+            maxconn=_haproxy_maxconn(),
+            check_inter_ms=round(args.check_interval * 1000),
+            check_fall=args.check_fall,
+            check_rise=args.check_rise,
+            timeout_connect_ms=round(args.connect_timeout * 1000),
         )
         render_haproxy(RoutingTable(), haproxy)  # checks the options now, not on the first change
         options = options_from_args(args)

@@ -178,3 +178,11 @@ def test_render_bad_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) 
     code, _, err = run(capsys, "render", "nftables", "--table", "bad name!", EXAMPLES)
     assert code == 2
     assert "table" in err
+
+
+def test_loadbalancer_health_check_flags_are_checked_before_haproxy_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["loadbalancer", str(tmp_path), "--node-address", "n1=192.0.2.1", "--check-fall", "0"])
+    assert code == 2
+    assert "check_fall: 0 is not a positive integer" in capsys.readouterr().err
