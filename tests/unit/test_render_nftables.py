@@ -102,6 +102,37 @@ def test_inline_dispatch_dnats_in_the_service_chain_and_masquerades_hairpin() ->
     )
 
 
+def test_map_dispatch_shares_one_chain_per_endpoint_count_and_keeps_chains_for_affinity() -> None:
+    text = render(web(external_ips=("192.0.2.1",)), dispatch="map")
+    assert re.search(r"chain (svc|ext|ep)-[0-9a-f]{8}-", text) is None  # no chain of its own
+    assert map_elements(text, "service-ips") == [
+        "10.96.0.10 . tcp . 80 : goto pick-2",
+        "192.0.2.1 . tcp . 80 : goto ext-pick-2",
+    ]
+    assert map_elements(text, "service-nodeports") == ["tcp . 30080 : goto nodeport-pick-2"]
+    assert map_elements(text, "endpoints-2") == [
+        "10.96.0.10 . tcp . 80 . 0 : 10.244.1.5 . 8080",
+        "10.96.0.10 . tcp . 80 . 1 : 10.244.2.5 . 8080",
+        "192.0.2.1 . tcp . 80 . 0 : 10.244.1.5 . 8080",
+        "192.0.2.1 . tcp . 80 . 1 : 10.244.2.5 . 8080",
+    ]
+    assert map_elements(text, "nodeport-endpoints-2") == [
+        "tcp . 30080 . 0 : 10.244.1.5 . 8080",
+        "tcp . 30080 . 1 : 10.244.2.5 . 8080",
+    ]
+    assert chain(text, "ext-pick-2") == ["jump mark-for-masquerade", "goto pick-2"]
+    assert chain(text, "nodeport-pick-2")[0] == "jump mark-for-masquerade"
+    assert chain(text, "masquerading")[0].endswith("@hairpin-endpoints masquerade fully-random")
+    assert (
+        chain(render(web(), dispatch="map", masquerade_all=True), "pick-2")[0] == "jump mark-for-masquerade"
+    )
+    # what the shared chains cannot do (remembered clients, node-local endpoints) keeps inline chains
+    sticky = render(web(session_affinity="ClientIP"), dispatch="map")
+    assert "chain pick-" not in sticky and chain(sticky, "svc-")[0].startswith("ip saddr @aff-")
+    local = render(web(external_traffic_policy="Local"), dispatch="map")
+    assert chain(local, "ext-")[-1].endswith("dnat ip to 10.244.1.5:8080")
+
+
 def test_endpoint_chain_marks_hairpin_and_dnats() -> None:
     text = render(web(), endpoints=eps(("10.244.1.5", "node-a")))
     assert chain(text, "ep-") == [
@@ -340,6 +371,14 @@ def test_render_10000_services_of_10_endpoints_is_fast() -> None:
             id="inline-dispatch",
         ),
         pytest.param(render_nftables(*many_services(300, 10), NftOptions(node_name="node-a")), id="many"),
+        pytest.param(
+            render(web(external_ips=("192.0.2.1",)), dispatch="map", family="ip", masquerade_all=True),
+            id="map-dispatch-ip-family",
+        ),
+        pytest.param(
+            render_nftables(*many_services(300, 10), NftOptions(node_name="node-a", dispatch="map")),
+            id="many-map",
+        ),
     ],
 )
 def test_nft_accepts_the_ruleset(text: str, tmp_path: Path) -> None:
