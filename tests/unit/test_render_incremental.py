@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from bench.services import one_endpoint_changed, scale_ir
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kubegate.ir.model import Endpoint, EndpointTable, L4Port, L4Service, RoutingTable
 from kubegate.planes.render import NftOptions, render_nftables
@@ -80,3 +82,59 @@ def test_a_removed_service_hands_its_address_to_the_next_claimant() -> None:
     assert alone.text() == render_nftables(RoutingTable(services=(second,)), endpoints, _options("inline"))
     script = incremental_structured(both, alone)
     assert script is not None and "add chain inet t ext-" in script and "goto svc-" in script
+
+
+_ADDRESSES = ["10.96.0.1", "10.96.0.2", "10.96.0.3", "192.0.2.1", "fd00::1"]
+_PODS = ["10.244.0.1", "10.244.0.2", "10.244.0.3", "10.244.0.4", "not-an-ip"]
+
+
+@st.composite
+def _states(draw: st.DrawFn) -> tuple[RoutingTable, EndpointTable]:
+    """A few Services that often claim the same address, port or nodePort, with changing endpoints."""
+    services = []
+    clusters: dict[str, tuple[Endpoint, ...]] = {}
+    for name in draw(st.lists(st.sampled_from(["a/one", "b/two", "c/three", "d/four"]), unique=True)):
+        ports = tuple(
+            L4Port(
+                name=f"p{number}",
+                protocol=draw(st.sampled_from(["TCP", "UDP"])),
+                port=number,
+                cluster=f"{name}:{number}",
+                node_port=draw(st.sampled_from([None, 30000, 30001])),
+            )
+            for number in draw(st.lists(st.sampled_from([53, 80, 443]), unique=True, max_size=2))
+        )
+        services.append(
+            L4Service(
+                name=name,
+                type=draw(st.sampled_from(["ClusterIP", "NodePort", "LoadBalancer"])),
+                cluster_ips=tuple(draw(st.lists(st.sampled_from(_ADDRESSES), max_size=2, unique=True))),
+                external_ips=tuple(draw(st.lists(st.sampled_from(_ADDRESSES), max_size=1))),
+                session_affinity=draw(st.sampled_from(["None", "ClientIP"])),
+                external_traffic_policy=draw(st.sampled_from(["Cluster", "Local"])),
+                ports=ports,
+            )
+        )
+        for port in ports:
+            pods = draw(st.lists(st.sampled_from(_PODS), max_size=3))
+            clusters[port.cluster] = tuple(Endpoint(ip=ip, port=8080, node="node-a") for ip in pods)
+    return RoutingTable(services=tuple(services)), EndpointTable(clusters=clusters)
+
+
+@pytest.mark.parametrize("dispatch", DISPATCHES)
+@settings(max_examples=40, deadline=None)
+@given(states=st.lists(_states(), min_size=2, max_size=5))
+def test_any_sequence_renders_as_fresh_and_diffs_as_the_text_does(
+    dispatch: str, states: list[tuple[RoutingTable, EndpointTable]]
+) -> None:
+    options = NftOptions(table="t", dispatch=dispatch, node_name="node-a")  # type: ignore[arg-type]
+    renderer = NftRenderer(options)
+    previous = renderer.render(*states[0])
+    for state in states[1:]:
+        current = renderer.render(*state)
+        assert current.text() == render_nftables(*state, options)
+        structured = incremental_structured(previous, current)
+        text = incremental(previous.text(), current.text(), "inet", "t")
+        assert structured is not None and text is not None
+        assert sorted(structured.splitlines()) == sorted(text.splitlines())
+        previous = current

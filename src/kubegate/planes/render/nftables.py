@@ -470,7 +470,8 @@ def _claim_keys(part: _ServicePart) -> tuple[_Key, ...]:
             keys += [("ip", ip, port.proto, port.port) for ip in (*part.cluster_ips, *part.external)]
             if port.node_port is not None:
                 keys.append(("np", 0, port.proto, port.node_port))
-    return tuple(keys)
+    # once each: an address may be both a ClusterIP and an external IP of the same Service
+    return tuple(dict.fromkeys(keys))
 
 
 @dataclass(frozen=True, slots=True)
