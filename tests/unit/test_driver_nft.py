@@ -11,6 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 from bench.services import one_endpoint_changed, scale_ir
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kubegate.ir.model import Endpoint, EndpointTable, L4Port, L4Service, RoutingTable
 from kubegate.planes.render import NftOptions
@@ -18,6 +20,7 @@ from kubegate.planes.render.driver import ApplyError, NftDriver
 from kubegate.planes.render.nftables import NftRenderer
 from kubegate.planes.render.nftdiff import parse_table
 from tests.netns.topology import Topology, require_netns
+from tests.unit.test_render_incremental import _states as states_strategy
 
 pytestmark = pytest.mark.root
 
@@ -198,3 +201,32 @@ def test_periodic_check_lists_only_when_something_was_committed_and_repairs_an_e
     assert not driver.drifted()
     assert driver.reapply_if_drifted()
     assert "drop" not in driver.listing().split("chain services {")[1].split("}")[0]
+
+
+@pytest.mark.parametrize("dispatch", ["inline", "vmap", "map"])
+def test_random_sequences_of_renderings_leave_what_a_full_load_would(namespace: str, dispatch: str) -> None:
+    other = f"{namespace}r"
+    subprocess.run(["ip", "netns", "add", other], check=True, timeout=10)
+    options = NftOptions(dispatch=dispatch, node_name="node-a")  # type: ignore[arg-type]
+
+    @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(states=st.lists(states_strategy(), min_size=2, max_size=4))
+    def check(states: list[tuple[RoutingTable, EndpointTable]]) -> None:
+        renderer = NftRenderer(options)
+        driver = NftDriver(netns=namespace)
+        driver.remove()
+        driver.apply(renderer.render(*states[0]))
+        for state in states[1:]:
+            rendering = renderer.render(*state)
+            driver.apply(rendering)
+            fresh = NftDriver(netns=other)
+            fresh.remove()
+            fresh.apply(rendering.text())
+            assert _normalised(driver.listing()) == _normalised(fresh.listing()), driver.last_script
+        # every step went by the small transaction: none was refused and replaced in full
+        assert driver.incremental_applies == driver.applies - 1
+
+    try:
+        check()
+    finally:
+        subprocess.run(["ip", "netns", "del", other], check=False, timeout=10)

@@ -647,6 +647,9 @@ class NftRenderer:
             give("hairpin-endpoints", (ip, 0, "", 0, ""), f"{dotted(ip)} . {dotted(ip)}")
         sets: list[NftObject] = []
         chains: list[NftObject] = []
+        # one map key once, also within this Service (an external IP that is its own ClusterIP, two
+        # ports with one nodePort): the first use keeps it, as between Services
+        used: set[_Key] = set()
         for port in part.ports:
             notes.extend(port.notes)
             if not port.usable:
@@ -655,9 +658,11 @@ class NftRenderer:
             kept: list[list[int]] = [[], []]
             for flag, addresses in enumerate((part.cluster_ips, part.external)):
                 for ip in addresses:
-                    holder = owner[("ip", ip, proto, number)]
-                    if holder == name:
+                    key = ("ip", ip, proto, number)
+                    holder = owner[key]
+                    if holder == name and key not in used:
                         kept[flag].append(ip)
+                        used.add(key)
                     else:
                         notes.append(
                             _comment(
@@ -665,11 +670,14 @@ class NftRenderer:
                             )
                         )
             node_port = port.node_port
-            if node_port is not None and (holder := owner[("np", 0, proto, node_port)]) != name:
-                notes.append(
-                    _comment(f"{name}: nodePort {proto} {node_port} already used by {holder}; left out")
-                )
-                node_port = None
+            if node_port is not None:
+                key = ("np", 0, proto, node_port)
+                if (holder := owner[key]) != name or key in used:
+                    notes.append(
+                        _comment(f"{name}: nodePort {proto} {node_port} already used by {holder}; left out")
+                    )
+                    node_port = None
+                used.add(key)
             cluster, external = kept
             if not port.served:
                 for flag, ip in [(0, ip) for ip in cluster] + [(0, ip) for ip in external]:
