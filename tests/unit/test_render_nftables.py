@@ -261,6 +261,14 @@ def test_conflicting_services_first_by_name_wins() -> None:
     assert "# default/web: 10.96.0.10 tcp 80 already used by default/aaa; left out" in text
 
 
+def test_an_external_ip_equal_to_the_cluster_ip_is_left_out_once_not_written_twice() -> None:
+    text = render(web(external_ips=("10.96.0.10",)))
+    assert [e for e in map_elements(text, "service-ips") if e.startswith("10.96.0.10 ")] == [
+        f"10.96.0.10 . tcp . 80 : goto {chain_name(text, 'svc-')}"
+    ]
+    assert "# default/web: 10.96.0.10 tcp 80 already used by default/web; left out" in text
+
+
 def test_newline_in_a_name_cannot_inject_rules() -> None:
     text = render(web(external_ips=("1.2.3.4\nflush ruleset",)))
     assert "\nflush ruleset" not in text

@@ -91,9 +91,10 @@ class NftDriver:
 
     @property
     def applied(self) -> str | None:
-        """The text of the ruleset in force (built from a rendering on first use), None before any."""
+        """The text of the ruleset in force (built from a rendering when asked), None before any. The
+        rendering itself is kept, so the next apply still diffs by groups."""
         if isinstance(self._applied, RenderedNftables):
-            self._applied = self._applied.text()
+            return self._applied.text()
         return self._applied
 
     def _nft(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
