@@ -641,91 +641,57 @@ class NftRenderer:
             elements.append((target, element))
             order.append(sort)
 
+        def give_targets(target: str, head: str, targets: tuple[str, ...]) -> None:
+            # the endpoint maps are written in group order (no sort keys): one pass, no global sort
+            elements.extend((target, f"{head}{index} : {data}") for index, data in enumerate(targets))
+            order.extend([_UNORDERED] * len(targets))
+
         for ip in part.cluster_ips:
             give("cluster-ips", (ip, 0, "", 0, ""), dotted(ip))
         for ip in part.hairpin:
             give("hairpin-endpoints", (ip, 0, "", 0, ""), f"{dotted(ip)} . {dotted(ip)}")
         sets: list[NftObject] = []
         chains: list[NftObject] = []
-        # one map key once, also within this Service (an external IP that is its own ClusterIP, two
-        # ports with one nodePort): the first use keeps it, as between Services
         used: set[_Key] = set()
         for port in part.ports:
             notes.extend(port.notes)
             if not port.usable:
                 continue
             proto, number = port.proto, port.port
-            kept: list[list[int]] = [[], []]
-            for flag, addresses in enumerate((part.cluster_ips, part.external)):
-                for ip in addresses:
-                    key = ("ip", ip, proto, number)
-                    holder = owner[key]
-                    if holder == name and key not in used:
-                        kept[flag].append(ip)
-                        used.add(key)
-                    else:
-                        notes.append(
-                            _comment(
-                                f"{name}: {dotted(ip)} {proto} {number} already used by {holder}; left out"
-                            )
-                        )
-            node_port = port.node_port
-            if node_port is not None:
-                key = ("np", 0, proto, node_port)
-                if (holder := owner[key]) != name or key in used:
-                    notes.append(
-                        _comment(f"{name}: nodePort {proto} {node_port} already used by {holder}; left out")
-                    )
-                    node_port = None
-                used.add(key)
-            cluster, external = kept
+            cluster, external, node_port = self._claimed(
+                name, part, port, owner=owner, used=used, notes=notes
+            )
             if not port.served:
-                for flag, ip in [(0, ip) for ip in cluster] + [(0, ip) for ip in external]:
-                    give(
-                        "no-endpoint-services",
-                        (ip, flag, proto, number, _REJECT),
-                        f"{dotted(ip)} . {proto} . {number} : {_REJECT}",
-                    )
+                for ip in (*cluster, *external):
+                    element = f"{dotted(ip)} . {proto} . {number} : {_REJECT}"
+                    give("no-endpoint-services", (ip, 0, proto, number, _REJECT), element)
                 if node_port is not None:
-                    give(
-                        "no-endpoint-nodeports",
-                        (0, 0, proto, node_port, _REJECT),
-                        f"{proto} . {node_port} : {_REJECT}",
-                    )
+                    element = f"{proto} . {node_port} : {_REJECT}"
+                    give("no-endpoint-nodeports", (0, 0, proto, node_port, _REJECT), element)
                 continue
             if port.pick:
                 count = port.pick
                 picks.add(count)
-                svc_goto, ext_goto, np_goto = (
-                    f"goto pick-{count}",
-                    f"goto ext-pick-{count}",
-                    f"goto nodeport-pick-{count}",
-                )
-                # the endpoint maps are written in group order (no sort keys): one pass, no global sort
-                target_map = f"endpoints-{count}"
+                svc_goto, ext_goto = f"goto pick-{count}", f"goto ext-pick-{count}"
+                np_goto = f"goto nodeport-pick-{count}"
                 for ip in (*cluster, *external):
-                    head = f"{dotted(ip)} . {proto} . {number} . "
-                    elements += [(target_map, f"{head}{i} : {t}") for i, t in enumerate(port.targets)]
-                    order += [_UNORDERED] * len(port.targets)
+                    give_targets(f"endpoints-{count}", f"{dotted(ip)} . {proto} . {number} . ", port.targets)
+                if node_port is not None:
+                    give_targets(f"nodeport-endpoints-{count}", f"{proto} . {node_port} . ", port.targets)
             else:
-                svc_goto = ext_goto = np_goto = ""
                 sets.extend(port.sets)
                 chains.extend(port.chains)
                 svc_goto, ext_goto = f"goto {port.svc_chain}", f"goto {port.ext_chain}"
                 np_goto = ext_goto
                 if (external or node_port is not None) and port.ext is not None:
                     chains.append(port.ext)
-            for ip in cluster:
+            for flag, ip, verdict in [(0, ip, svc_goto) for ip in cluster] + [
+                (1, ip, ext_goto) for ip in external
+            ]:
                 give(
                     "service-ips",
-                    (ip, 0, proto, number, svc_goto),
-                    f"{dotted(ip)} . {proto} . {number} : {svc_goto}",
-                )
-            for ip in external:
-                give(
-                    "service-ips",
-                    (ip, 1, proto, number, ext_goto),
-                    f"{dotted(ip)} . {proto} . {number} : {ext_goto}",
+                    (ip, flag, proto, number, verdict),
+                    f"{dotted(ip)} . {proto} . {number} : {verdict}",
                 )
             if node_port is not None:
                 give(
@@ -733,12 +699,46 @@ class NftRenderer:
                     (0, 0, proto, node_port, np_goto),
                     f"{proto} . {node_port} : {np_goto}",
                 )
-                head = f"{proto} . {node_port} . "
-                target_map = f"nodeport-endpoints-{port.pick}"
-                elements += [(target_map, f"{head}{i} : {t}") for i, t in enumerate(port.targets)]
-                order += [_UNORDERED] * len(port.targets)
         group = NftGroup((*sets, *chains), tuple(elements), tuple(notes), tuple(order))
         return _State(part, keys, owners, group, frozenset(picks))
+
+    def _claimed(
+        self,
+        name: str,
+        part: _ServicePart,
+        port: _PortPart,
+        *,
+        owner: dict[_Key, str],
+        used: set[_Key],
+        notes: list[str],
+    ) -> tuple[list[int], list[int], int | None]:
+        """The ClusterIPs, external IPs and nodePort this port keeps; a note for each one it loses. A key
+        is used once, also within a Service (an external IP that is its own ClusterIP, two ports with one
+        nodePort): the first use keeps it, as between Services."""
+        proto, number = port.proto, port.port
+        kept: tuple[list[int], list[int]] = ([], [])
+        for addresses, into in ((part.cluster_ips, kept[0]), (part.external, kept[1])):
+            for ip in addresses:
+                key = ("ip", ip, proto, number)
+                holder = owner[key]
+                if holder == name and key not in used:
+                    into.append(ip)
+                    used.add(key)
+                else:
+                    where = self.dotted(ip)
+                    notes.append(
+                        _comment(f"{name}: {where} {proto} {number} already used by {holder}; left out")
+                    )
+        node_port = port.node_port
+        if node_port is not None:
+            key = ("np", 0, proto, node_port)
+            if (holder := owner[key]) != name or key in used:
+                notes.append(
+                    _comment(f"{name}: nodePort {proto} {node_port} already used by {holder}; left out")
+                )
+                node_port = None
+            used.add(key)
+        return kept[0], kept[1], node_port
 
     def _rendering(
         self, state: dict[str, _State], counts: dict[tuple[str, str], int], picks: dict[int, int]
