@@ -20,6 +20,9 @@ from kubegate.planes.render import NftOptions
 from kubegate.planes.render.driver import ApplyError, NftDriver
 from kubegate.planes.render.nftables import NftRenderer
 from kubegate.reconcile import Reconciler
+from kubegate.sources.kubernetes.config import KubeConnection
+from kubegate.sources.kubernetes.controller import ClusterController, ControllerSettings
+from kubegate.sources.kubernetes.source import SERVICE_RESOURCES, KubernetesSource
 from kubegate.translate.context import Options, Translation
 
 log = logging.getLogger("kubegate.agent")
@@ -33,6 +36,9 @@ class AgentConfig:
     nft: NftOptions
     state_file: Path | None = None
     keep_rules_on_exit: bool = False
+    # objects from this API server instead of `paths` (only what a node needs: Services and endpoints)
+    kubernetes: KubeConnection | None = None
+    kubernetes_namespace: str | None = None
 
 
 class NftablesAgent:
@@ -40,7 +46,22 @@ class NftablesAgent:
         self.config = config
         self.driver = driver or NftDriver(table=config.nft.table, family=config.nft.family)
         self.renderer = NftRenderer(config.nft)
-        self.reconciler = Reconciler(config.paths, config.options, self._publish, config.state_file)
+        source: KubernetesSource | None = None
+        cluster: ClusterController | None = None
+        if config.kubernetes is not None:
+            source = KubernetesSource(
+                config.kubernetes,
+                namespace=config.kubernetes_namespace,
+                controller_name=config.options.controller_name,
+                resources=SERVICE_RESOURCES,
+            )
+            # the gateway's leader writes LoadBalancer status; a node agent renders what status shows
+            cluster = ClusterController(
+                None, ControllerSettings(namespace=config.kubernetes_namespace), writes=False
+            )
+        self.reconciler = Reconciler(
+            config.paths, config.options, self._publish, config.state_file, source=source, cluster=cluster
+        )
         self.trigger = asyncio.Event()
         self.apply_errors = 0
 
@@ -59,6 +80,7 @@ class NftablesAgent:
             log.error("%s; the previous rules stay in force", error)
 
     async def run(self) -> int:
+        await self.reconciler.start()
         self.reconciler.reload()
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -78,6 +100,7 @@ class NftablesAgent:
                         log.error("%s", error)
         finally:
             watcher.cancel()
+            await self.reconciler.stop()
             if not self.config.keep_rules_on_exit:
                 try:
                     self.driver.remove()

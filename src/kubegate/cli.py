@@ -173,8 +173,8 @@ def _cmd_render(outcome: Outcome, args: argparse.Namespace) -> int:
     return code
 
 
-def _add_kubernetes_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("kubernetes (instead of PATH)")
+def _add_connection_arguments(group: argparse._ArgumentGroup) -> None:
+    """Where the API server is, for every command that can read it."""
     group.add_argument(
         "--kubernetes",
         action="store_true",
@@ -190,6 +190,11 @@ def _add_kubernetes_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--namespace", help="watch only this namespace (default: all; IngressClasses are cluster-wide)"
     )
+
+
+def _add_kubernetes_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("kubernetes (instead of PATH)")
+    _add_connection_arguments(group)
     group.add_argument(
         "--watch-ingress-without-class",
         action="store_true",
@@ -335,7 +340,9 @@ def _parser() -> argparse.ArgumentParser:
 
     agent_help = "node agent: keep the kernel's Service rules (nftables) in line with the manifests"
     agent = commands.add_parser("proxy", help=agent_help, description=agent_help)
-    agent.add_argument("paths", nargs="+", metavar="PATH", help="manifest file or directory")
+    agent.add_argument(
+        "paths", nargs="*", metavar="PATH", help="manifest file or directory (or --kubernetes)"
+    )
     agent.add_argument("--mode", choices=("nftables",), default="nftables")
     agent.add_argument("--node-name", default="", help="this node's name (externalTrafficPolicy Local)")
     agent.add_argument(
@@ -348,6 +355,7 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--table", default="kubegate")
     agent.add_argument("--dispatch", choices=("vmap", "rules", "inline"), default="vmap")
     agent.add_argument("--keep-rules-on-exit", action="store_true")
+    _add_connection_arguments(agent.add_argument_group("kubernetes (instead of PATH)"))
     add_translate_arguments(agent)
     agent.set_defaults(handler=None, long_running="proxy")
 

@@ -97,12 +97,15 @@ def _kubernetes_connection(args: argparse.Namespace) -> KubeConnection | None:
                 raise SettingsError(f"--{flag.replace('_', '-')} needs --kubernetes")
         if getattr(args, "watch_ingress_without_class", False):
             raise SettingsError("--watch-ingress-without-class needs --kubernetes")
-        if args.long_running == "serve" and not args.paths:
-            raise SettingsError("serve: give a manifest PATH, or --kubernetes to read the API server")
+        if args.long_running in ("serve", "proxy") and not args.paths:
+            raise SettingsError(
+                f"{args.long_running}: give a manifest PATH, or --kubernetes to read the API server"
+            )
         return None
     if args.paths:
         raise SettingsError(
-            f"serve: PATH ({' '.join(args.paths)}) and --kubernetes exclude each other: pick one source"
+            f"{args.long_running}: PATH ({' '.join(args.paths)}) and --kubernetes exclude each other: "
+            "pick one source"
         )
     return resolve(KubeSettings(args.kubeconfig, args.context, args.namespace))
 
@@ -143,12 +146,17 @@ def _run_agent(args: argparse.Namespace) -> int:
         )
         # options are checked when rendering: check them now, on an empty table, not on the first change
         render_nftables(RoutingTable(), EndpointTable(), nft)
+        kubernetes = _kubernetes_connection(args)
         options = options_from_args(args)
-    except (RenderOptionsError, SettingsError) as error:
+        if kubernetes is not None:
+            options = replace(options, addresses_from_spec=True)
+    except (RenderOptionsError, SettingsError, KubeConfigError) as error:
         print(f"kubegate: {error}", file=sys.stderr)
         return EXIT_USAGE
     config = AgentConfig(
         paths=tuple(args.paths),
+        kubernetes=kubernetes,
+        kubernetes_namespace=args.namespace,
         options=options,
         nft=nft,
         state_file=args.state,

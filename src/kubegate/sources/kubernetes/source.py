@@ -44,6 +44,13 @@ log = logging.getLogger("kubegate.kubernetes")
 COALESCE_SECONDS = 0.02
 
 
+# what a node agent needs (its ClusterIP and nodePort rules): no Ingresses, classes or Secrets, so its
+# service account needs no access to Secrets
+SERVICE_RESOURCES: tuple[Resource, ...] = tuple(
+    r for r in RESOURCES if r.kind in {"Service", "Endpoints", "EndpointSlice", "Pod"}
+)
+
+
 class KubernetesSource:
     """Objects from the API server, for the reconciler. ``start()``, then ``wait_synced()``, then
     ``load()`` whenever ``changed`` fires; ``stop()`` at the end."""
