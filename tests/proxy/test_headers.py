@@ -8,9 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kubegate.ir.model import EndpointTable
+from kubegate.planes.proxy.client import ClientConnection, Request
 from kubegate.planes.proxy.forward import ResponseHead
 from kubegate.planes.proxy.router import Match
-from kubegate.planes.proxy.server import ClientConnection, ProxyServer, _Request
+from kubegate.planes.proxy.server import ProxyServer
 from tests.proxy.helpers import prefix, table_for
 from tests.proxy.test_protocol import FakeTransport
 
@@ -62,7 +63,7 @@ CONN = make_conn()
 @settings(max_examples=200, deadline=None)
 @given(_headers)
 def test_request_head_drops_hop_by_hop_and_sets_forwarding(headers: list[tuple[str, str]]) -> None:
-    req = _Request(CONN.server.published)
+    req = Request(CONN.server.published)
     req.target = b"/p?q=1"
     req.method = "GET"
     req.host = "h"
@@ -99,7 +100,7 @@ def test_response_head_reframes(headers: list[tuple[str, str]], status: int, ver
     transport = FakeTransport()
     CONN.transport = transport  # type: ignore[assignment]
     CONN.closed = False
-    req = _Request(CONN.server.published)
+    req = Request(CONN.server.published)
     req.version = version
     req.body_done = True
     CONN.active = req

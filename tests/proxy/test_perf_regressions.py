@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kubegate.planes.proxy.client import Request
 from kubegate.planes.proxy.router import BadPath, Router
-from kubegate.planes.proxy.server import _Request
 from tests.proxy.helpers import prefix, table_for
 from tests.proxy.test_headers import CONN, head_of, parse_head
 from tests.proxy.test_protocol import FakeTransport
@@ -58,7 +58,7 @@ def test_response_connection_tokens_drop_named_headers_only() -> None:
     transport = FakeTransport()
     CONN.transport = transport  # type: ignore[assignment]
     CONN.closed = False
-    req = _Request(CONN.server.published)
+    req = Request(CONN.server.published)
     req.body_done = True
     CONN.active = req
     CONN.resp_keep_alive = True

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from kubegate.ir.model import EndpointTable
+from kubegate.planes.proxy.client import ClientConnection
 from kubegate.planes.proxy.http import ProxySettings
-from kubegate.planes.proxy.server import ClientConnection, ProxyServer
+from kubegate.planes.proxy.server import ProxyServer
 from tests.proxy.helpers import prefix, table_for
 
 
