@@ -335,6 +335,20 @@ def _parser() -> argparse.ArgumentParser:
             metavar="CIDR",
             help="trust X-Forwarded-* from these networks (repeatable)",
         )
+        sub.add_argument(
+            "--client-body-timeout",
+            type=float,
+            default=60.0,
+            metavar="SECONDS",
+            help="408 when a request body stalls this long between two reads (default: 60)",
+        )
+        sub.add_argument(
+            "--hsts",
+            default="max-age=31536000; includeSubDomains",
+            metavar="VALUE|off",
+            help="Strict-Transport-Security on HTTPS responses for hosts with their own certificate "
+            "(default: %(default)s, as ingress-nginx)",
+        )
         add_translate_arguments(sub)
         sub.set_defaults(handler=None, long_running=name)
 

@@ -72,7 +72,7 @@ def run_long_running(args: argparse.Namespace) -> int:
             node_address=None if args.node_address == "off" else args.node_address,
             state_file=args.state,
             access_log=None if args.access_log == "off" else args.access_log,
-            proxy=ProxySettings(trusted_proxies=tuple(args.trusted_proxy)),
+            proxy=_proxy_settings(args),
             drain_seconds=args.drain_timeout,
         )
     except (ValueError, SettingsError, KubeConfigError) as error:
@@ -108,6 +108,18 @@ def _kubernetes_connection(args: argparse.Namespace) -> KubeConnection | None:
             "pick one source"
         )
     return resolve(KubeSettings(args.kubeconfig, args.context, args.namespace))
+
+
+def _proxy_settings(args: argparse.Namespace) -> ProxySettings:
+    """The data plane's flags. Raises ValueError naming the flag."""
+    if not args.client_body_timeout > 0:
+        raise ValueError(f"--client-body-timeout {args.client_body_timeout}: must be more than 0 seconds")
+    hsts = "" if args.hsts == "off" else args.hsts
+    if any(c in hsts for c in "\r\n"):
+        raise ValueError("--hsts: the value must be one line")
+    return ProxySettings(
+        trusted_proxies=tuple(args.trusted_proxy), client_body_timeout=args.client_body_timeout, hsts=hsts
+    )
 
 
 def _controller_settings(args: argparse.Namespace) -> ControllerSettings:

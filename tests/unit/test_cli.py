@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kubegate.cli import main
+from kubegate.cli import _parser, main
+from kubegate.runners import _proxy_settings
 
 EXAMPLES = str(Path(__file__).resolve().parents[2] / "examples")
 
@@ -186,3 +187,16 @@ def test_loadbalancer_health_check_flags_are_checked_before_haproxy_runs(
     code = main(["loadbalancer", str(tmp_path), "--node-address", "n1=192.0.2.1", "--check-fall", "0"])
     assert code == 2
     assert "check_fall: 0 is not a positive integer" in capsys.readouterr().err
+
+
+def test_serve_rejects_a_zero_client_body_timeout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", str(tmp_path), "--client-body-timeout", "0"]) == 2
+    assert "--client-body-timeout 0.0: must be more than 0 seconds" in capsys.readouterr().err
+
+
+def test_serve_hsts_flag_reaches_the_proxy_settings() -> None:
+    default = _proxy_settings(_parser().parse_args(["serve", "x"]))
+    assert default.hsts == "max-age=31536000; includeSubDomains"
+    assert _proxy_settings(_parser().parse_args(["serve", "x", "--hsts", "off"])).hsts == ""
+    preload = _proxy_settings(_parser().parse_args(["serve", "x", "--hsts", "max-age=63072000; preload"]))
+    assert preload.hsts == "max-age=63072000; preload"
