@@ -290,6 +290,32 @@ def bench_scale(report: Report, services: int, dispatch: str, target: bool) -> N
             target="< 100 ms" if target else "",
             ok=change_s < 0.1 if target else None,
         )
+        # a Service appearing and going away again: chains or shared-map elements and a verdict element
+        extra = L4Service(
+            name="bench/zz-added",
+            type="ClusterIP",
+            cluster_ips=(_ip(CLUSTER_IP_BASE, services + 1),),
+            ports=(L4Port(name="http", protocol="TCP", port=80, cluster="added"),),
+        )
+        added_eps = {
+            "added": tuple(Endpoint(ip=_ip(ENDPOINT_BASE, 1_000_000 + j), port=8080) for j in range(10))
+        }
+        more = RoutingTable(services=(*routing.services, extra))
+        more_eps = EndpointTable(clusters={**changed.clusters, **added_eps})
+        service_changes: list[tuple[str, RoutingTable, EndpointTable]] = [
+            ("one Service added", more, more_eps),
+            ("one Service removed", routing, changed),
+        ]
+        for what, step_routing, step_endpoints in service_changes:
+            started = time.perf_counter()
+            driver.apply(renderer.render(step_routing, step_endpoints))
+            step_s = time.perf_counter() - started
+            how = "small nft -f" if driver.last_incremental else "FULL LOAD"
+            report.add(
+                f"{label}: {what}, render + apply",
+                _s(step_s),
+                f"{how} ({len(driver.last_script.splitlines())} cmds) {_s(driver.last_nft_seconds)}",
+            )
         # for comparison: the whole text rendered again and diffed as text (the previous driver's path)
         old_text, new_text = text, render_nftables(routing, changed, options)
         diff_s = timed(lambda: incremental_script(old_text, new_text, "inet", TABLE))

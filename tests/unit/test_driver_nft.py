@@ -230,3 +230,15 @@ def test_random_sequences_of_renderings_leave_what_a_full_load_would(namespace: 
         check()
     finally:
         subprocess.run(["ip", "netns", "del", other], check=False, timeout=10)
+
+
+def test_a_rendering_skipped_between_two_applies_makes_the_next_one_a_full_load(namespace: str) -> None:
+    routing, endpoints = scale_ir(4, 2)
+    renderer = NftRenderer(NftOptions(dispatch="map"))
+    driver = NftDriver(netns=namespace)
+    driver.apply(renderer.render(routing, endpoints))
+    renderer.render(routing, one_endpoint_changed(endpoints))  # rendered, never applied
+    smaller = RoutingTable(services=routing.services[:3])
+    assert driver.apply(renderer.render(smaller, endpoints))
+    assert not driver.last_incremental
+    assert driver.listing().count(": goto pick-2") == 3

@@ -138,3 +138,16 @@ def test_any_sequence_renders_as_fresh_and_diffs_as_the_text_does(
         assert structured is not None and text is not None
         assert sorted(structured.splitlines()) == sorted(text.splitlines())
         previous = current
+
+
+def test_renderings_that_do_not_follow_each_other_are_not_diffed() -> None:
+    routing, endpoints = scale_ir(4, 2)
+    renderer = NftRenderer(_options("map"))
+    first = renderer.render(routing, endpoints)
+    renderer.render(routing, one_endpoint_changed(endpoints))  # never applied
+    third = renderer.render(routing, endpoints)
+    # the elements that changed in between are not in ``third``: only a full load is safe
+    assert incremental_structured(first, third) is None
+    assert incremental_structured(third, third) == ""
+    other = NftRenderer(_options("map")).render(routing, endpoints)
+    assert incremental_structured(first, other) is None

@@ -121,7 +121,10 @@ class NftDriver:
         if intact and previous is not None:
             script = _difference(previous, ruleset, self.family, self.table)
             if script == "":
-                return False  # nothing the kernel would see differs
+                # nothing the kernel would see differs; keep the newer rendering, which the next one
+                # from the same renderer follows
+                self._applied = ruleset
+                return False
             if script is not None and self._try_load(script):
                 self._applied = ruleset
                 self._baseline = None

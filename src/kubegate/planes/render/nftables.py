@@ -49,7 +49,8 @@ Rendering again: ``NftRenderer`` keeps, per Service, what it rendered from that 
 endpoints alone (a part) and what it contributes to the table (a group: its sets and chains, and its
 elements of the shared maps). While the Service and its endpoints compare equal and no claim on its
 addresses changed owner, the same group object is reused, and ``nftdiff.incremental_structured`` skips
-it by identity; element counts across groups keep an element two Services share. ``render_nftables``
+it by identity; element counts across groups keep an element two Services share, and each rendering
+carries the elements that appeared or vanished since the previous one. ``render_nftables``
 is one fresh ``NftRenderer`` render, as text.
 
 IPv6: not supported yet. IPv6 ClusterIPs, external/LoadBalancer IPs and endpoints are left out, each
@@ -60,6 +61,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import itertools
 import re
 import socket
 from collections.abc import Iterable, Mapping
@@ -447,6 +449,8 @@ class _ServiceRenderer:
 # of service-nodeports; the first Service by name that claims it keeps it
 _Key = tuple[str, int, str, int]
 _Order = tuple[int, int, str, int, str]
+# rendering numbers, unique across renderers, so a diff can tell whether two renderings are consecutive
+_SERIALS = itertools.count(1)
 # the sort key of elements written in group order
 _UNORDERED: _Order = (0, 0, "", 0, "")
 _GROUP_ORDER = ("endpoints-", "nodeport-endpoints-")
@@ -494,7 +498,14 @@ class RenderedNftables:
     table: str
     shared: tuple[NftObject, ...]
     groups: Mapping[str, NftGroup]
-    counts: Mapping[tuple[str, str], int]
+    # this rendering's number, the number of the one before it from the same renderer (0: none), and the
+    # elements of shared sets that appeared or vanished since that one
+    serial: int
+    base: int
+    appeared: frozenset[tuple[str, str]]
+    vanished: frozenset[tuple[str, str]]
+    # the Services whose group differs from that rendering's (new, rebuilt or gone)
+    changed: frozenset[str]
     replace: bool
     # how many shared objects come before the per-Service sets (the rest are chains)
     leading: int
@@ -549,6 +560,8 @@ class NftRenderer:
         self._claimants: dict[_Key, set[str]] = {}
         self._counts: dict[tuple[str, str], int] = {}
         self._picks: dict[int, int] = {}
+        # the serial number of the last rendering (0: none yet)
+        self._serial = 0
         self._fixed = _fixed_chains(self.options)
         self._dotted: dict[int, str] = {}
         # how many Services were rendered anew and how many reused, over this renderer's life
@@ -556,7 +569,12 @@ class NftRenderer:
         self.rendered = 0
 
     def _part(self, service: L4Service, endpoints: EndpointTable) -> _ServicePart:
-        eps = tuple(endpoints.clusters.get(port.cluster, ()) for port in service.ports)
+        clusters, ports = endpoints.clusters, service.ports
+        # most Services have one port: no generator for them (this runs for every Service every render)
+        if len(ports) == 1:
+            eps: tuple[tuple[Endpoint, ...], ...] = (clusters.get(ports[0].cluster, ()),)
+        else:
+            eps = tuple(clusters.get(port.cluster, ()) for port in ports)
         state = self._state.get(service.name)
         if state is not None:
             cached = state.part
@@ -606,8 +624,9 @@ class NftRenderer:
         affected = set(changed)
         for key in touched:
             affected.update(self._claimants.get(key, ()))
-        counts = dict(self._counts)
-        picks = dict(self._picks)
+        # counts are kept in place, not copied (that was most of a 10,000-Service re-render): the rendering
+        # carries only which elements appeared or vanished since the previous one
+        delta = _Delta(self._counts, self._picks)
         state: dict[str, _State] = {}
         for name, part in parts.items():
             old = previous.get(name)
@@ -618,13 +637,17 @@ class NftRenderer:
             state[name] = new
             if old is not None and old.group is new.group:
                 continue
+            delta.changed.add(name)
             if old is not None:
-                _count(counts, picks, old, -1)
-            _count(counts, picks, new, 1)
+                delta.count(old, -1)
+            delta.count(new, 1)
         for name in removed:
-            _count(counts, picks, previous[name], -1)
-        self._state, self._counts, self._picks = state, counts, picks
-        return self._rendering(state, counts, picks)
+            delta.changed.add(name)
+            delta.count(previous[name], -1)
+        self._state = state
+        rendering = self._rendering(state, delta, self._serial)
+        self._serial = rendering.serial
+        return rendering
 
     def _build(self, name: str, part: _ServicePart, keys: tuple[_Key, ...], old: _State | None) -> _State:
         owners = tuple(min(self._claimants[key]) for key in keys)
@@ -740,9 +763,7 @@ class NftRenderer:
             used.add(key)
         return kept[0], kept[1], node_port
 
-    def _rendering(
-        self, state: dict[str, _State], counts: dict[tuple[str, str], int], picks: dict[int, int]
-    ) -> RenderedNftables:
+    def _rendering(self, state: dict[str, _State], delta: _Delta, base: int) -> RenderedNftables:
         options = self.options
         names = [
             "service-ips",
@@ -760,7 +781,7 @@ class NftRenderer:
         chains: list[NftObject] = []
         dnat = "dnat ip to" if options.family == "inet" else "dnat to"
         masquerade_all = ["jump mark-for-masquerade"] if options.masquerade_all else []
-        for count in sorted(picks):
+        for count in sorted(self._picks):
             key = f"numgen random mod {count}"
             lookup = f"meta l4proto . th dport . {key} map"
             shared.append(
@@ -805,25 +826,54 @@ class NftRenderer:
             table=options.table,
             shared=(*shared, *self._fixed, *chains),
             groups={name: entry.group for name, entry in state.items()},
-            counts=counts,
+            serial=next(_SERIALS),
+            base=base,
+            appeared=frozenset(delta.appeared),
+            vanished=frozenset(delta.vanished),
+            changed=frozenset(delta.changed),
             replace=options.replace,
             leading=len(shared),
         )
 
 
-def _count(counts: dict[tuple[str, str], int], picks: dict[int, int], state: _State, sign: int) -> None:
-    for element in state.group.elements:
-        left = counts.get(element, 0) + sign
-        if left:
-            counts[element] = left
-        else:
-            del counts[element]
-    for count in state.picks:
-        left = picks.get(count, 0) + sign
-        if left:
-            picks[count] = left
-        else:
-            del picks[count]
+class _Delta:
+    """Counts how many groups give each element (and use each pick-N), in place, and notes which
+    elements appeared (count from 0) or vanished (count to 0) in this render."""
+
+    def __init__(self, counts: dict[tuple[str, str], int], picks: dict[int, int]) -> None:
+        self.counts = counts
+        self.picks = picks
+        self.appeared: set[tuple[str, str]] = set()
+        self.vanished: set[tuple[str, str]] = set()
+        # the Services whose group is not the previous rendering's (new, rebuilt or removed)
+        self.changed: set[str] = set()
+
+    def count(self, state: _State, sign: int) -> None:
+        counts = self.counts
+        for element in state.group.elements:
+            before = counts.get(element, 0)
+            after = before + sign
+            if after:
+                counts[element] = after
+            else:
+                del counts[element]
+            if before == 0:
+                # back within this render (a group rebuilt gives it again): no change after all
+                if element in self.vanished:
+                    self.vanished.discard(element)
+                else:
+                    self.appeared.add(element)
+            elif after == 0:
+                if element in self.appeared:
+                    self.appeared.discard(element)
+                else:
+                    self.vanished.add(element)
+        for count in state.picks:
+            left = self.picks.get(count, 0) + sign
+            if left:
+                self.picks[count] = left
+            else:
+                del self.picks[count]
 
 
 def _fixed_chains(options: NftOptions) -> tuple[NftObject, ...]:

@@ -12,8 +12,9 @@ rewrites only what differs:
 ``incremental_structured(before, after)`` writes the same script from two ``NftRenderer`` renderings
 without any text: it compares only the shared objects and the per-Service groups that are not the same
 object in both (one group for one endpoint change), and takes element changes of the shared maps from
-the groups' element counts. At 10,000 Services x 10 endpoints it takes about 3 ms where parsing and
-comparing the two texts takes 0.4 s.
+what the later rendering says appeared and vanished (so it needs two consecutive renderings). At
+10,000 Services x 10 endpoints it takes about 3 ms where parsing and comparing the two texts takes
+0.4 s.
 
 Order matters to the kernel, which refuses to delete a chain or set something still refers to, and
 to add a rule or element that names a chain or set that does not exist yet: new objects are declared
@@ -82,8 +83,10 @@ class StructuredRuleset(Protocol):
     """A rendered table as objects: ``shared`` ones rebuilt on every render (the fixed chains, the shared
     sets and maps, declared without the elements groups give them) and per-Service ``groups`` that a
     renderer reuses, as the same object, while the Service's inputs stay the same: a group that is the same
-    object in two rulesets is skipped by the diff without a look. ``counts`` says how many groups give each
-    (set name, element), so an element two Services share stays while one of them still has it."""
+    object in two rulesets is skipped by the diff without a look. ``appeared`` and ``vanished`` are the
+    (set name, element) pairs no group gave before and no group gives any more, relative to the rendering
+    numbered ``base`` (the one before this, from the same renderer): an element two Services share stays
+    while one of them still has it. ``changed`` names the Services whose group differs from that one's."""
 
     @property
     def family(self) -> str: ...
@@ -98,7 +101,19 @@ class StructuredRuleset(Protocol):
     def groups(self) -> Mapping[str, NftGroup]: ...
 
     @property
-    def counts(self) -> Mapping[tuple[str, str], int]: ...
+    def serial(self) -> int: ...
+
+    @property
+    def base(self) -> int: ...
+
+    @property
+    def appeared(self) -> frozenset[tuple[str, str]]: ...
+
+    @property
+    def vanished(self) -> frozenset[tuple[str, str]]: ...
+
+    @property
+    def changed(self) -> frozenset[str]: ...
 
 
 class UnhandledRuleset(ValueError):
@@ -180,29 +195,28 @@ def incremental(old: str, new: str, family: str, table: str) -> str | None:
 
 def incremental_structured(before: StructuredRuleset, after: StructuredRuleset) -> str | None:
     """``incremental`` for two rendered rulesets kept as objects: only the shared objects and the groups
-    that are not the very same object in both are compared, so one changed Service costs one group."""
-    if (before.family, before.table) != (after.family, after.table):
+    that are not the very same object in both are compared, so one changed Service costs one group.
+    ``after`` must be the rendering that followed ``before`` from the same renderer (else None: the
+    element changes in between are not known here)."""
+    if before is after:
+        return ""
+    if (before.family, before.table) != (after.family, after.table) or after.base != before.serial:
         return None
     old: dict[tuple[str, str], NftObject] = {obj.key: obj for obj in before.shared}
     new: dict[tuple[str, str], NftObject] = {obj.key: obj for obj in after.shared}
-    candidates: set[tuple[str, str]] = set()
-    # names are unique in a table, so an object of an unchanged group appears in no changed one
-    for name, group in before.groups.items():
-        if after.groups.get(name) is not group:
+    # names are unique in a table, so an object of an unchanged group appears in no changed one; the
+    # later rendering names the groups that changed, so the other 10,000 are not even looked at
+    for name in after.changed:
+        if (group := before.groups.get(name)) is not None:
             old.update((obj.key, obj) for obj in group.objects)
-            candidates.update(group.elements)
-    for name, group in after.groups.items():
-        if before.groups.get(name) is not group:
+        if (group := after.groups.get(name)) is not None:
             new.update((obj.key, obj) for obj in group.objects)
-            candidates.update(group.elements)
     gone: dict[str, list[str]] = {}
     fresh: dict[str, list[str]] = {}
-    for element in candidates:
-        was, now = before.counts.get(element, 0) > 0, after.counts.get(element, 0) > 0
-        if was and not now:
-            gone.setdefault(element[0], []).append(element[1])
-        elif now and not was:
-            fresh.setdefault(element[0], []).append(element[1])
+    for target, element in after.vanished:
+        gone.setdefault(target, []).append(element)
+    for target, element in after.appeared:
+        fresh.setdefault(target, []).append(element)
     try:
         return _script(old, new, f"{after.family} {after.table}", gone, fresh)
     except UnhandledRuleset:
