@@ -543,16 +543,16 @@ class ClientConnection(asyncio.Protocol):
         if not self.resp_started:
             self._send_error(req, 500, "internal error", True)
         self.resp_keep_alive = False
-        self._complete(req, "")
+        self._complete(req, None)
 
     def _begin(self, req: Request) -> None:
         if req.error is not None:
-            self._complete(req, "")
+            self._complete(req, None)
             return
         match = req.match
         if match is None:
             self._send_error(req, 404, "no route for this host and path", not req.keep_alive)
-            self._complete(req, "")
+            self._complete(req, None)
             return
         route = match.route
         if route is not None:
@@ -572,7 +572,7 @@ class ClientConnection(asyncio.Protocol):
             balancer is not None and not balancer.addresses
         ):
             self._send_error(req, 503, "no ready endpoint for this service", not req.keep_alive)
-            self._complete(req, "")
+            self._complete(req, None)
             return
         key = None
         if cluster is not None and cluster.balance == "hash" and cluster.hash_by:
@@ -632,7 +632,7 @@ class ClientConnection(asyncio.Protocol):
         self.resp_status = status
         if close:
             self.resp_keep_alive = False
-        self._complete(req, "")
+        self._complete(req, None)
 
     def _attempt(self, req: Request) -> None:
         pool = self.server.pool
@@ -656,7 +656,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self._send_error(req, self.ex_failure[0], self.ex_failure[1], not req.keep_alive)
         tried = self.ex_tried
-        self._complete(req, f"{tried[-1][0]}:{tried[-1][1]}" if tried else "")
+        self._complete(req, tried[-1] if tried else None)
 
     async def _connect(self, req: Request, address: Address) -> None:
         settings = self.settings
@@ -670,7 +670,7 @@ class ClientConnection(asyncio.Protocol):
                 if isinstance(exc, TimeoutError):
                     self.ex_failure = (504, "upstream connect timed out")
                 if self.closed or req.error is not None:
-                    self._complete(req, "")
+                    self._complete(req, None)
                 else:
                     self._attempt(req)
                 return
@@ -678,7 +678,7 @@ class ClientConnection(asyncio.Protocol):
             health.succeeded(address)
             if self.closed or req.error is not None:
                 conn.close()
-                self._complete(req, "")
+                self._complete(req, None)
                 return
             self._send(req, conn, address, False)
         except Exception as exc:
@@ -725,23 +725,22 @@ class ClientConnection(asyncio.Protocol):
             balancer = self.ex_balancer
             if balancer is not None and balancer.counts_requests:
                 balancer.finished(address)
-            label = _label(address)
             if ok:
                 if conn is not None:
-                    if keep_alive and req.body_done and conn.usable():
-                        self.server.pool.put(address, conn)
+                    if keep_alive and req.body_done:
+                        self.server.pool.put(address, conn)  # closes it instead when it is not usable
                     else:
                         conn.close()
-                self._complete(req, label)
+                self._complete(req, address)
                 return
             if conn is not None:
                 conn.abort()
             if req.error is not None:
-                self._complete(req, "")
+                self._complete(req, None)
                 return
             if self.closed or self.resp_started:
                 self.resp_keep_alive = False
-                self._complete(req, label)
+                self._complete(req, address)
                 return
             retryable = req.method in IDEMPOTENT and req.body_received == 0 and not req.chunked
             if timeout:
@@ -751,7 +750,7 @@ class ClientConnection(asyncio.Protocol):
                 self.ex_failure = (502, "upstream failed: " + reason)
             if not retryable:
                 self._send_error(req, self.ex_failure[0], self.ex_failure[1], not req.keep_alive)
-                self._complete(req, label)
+                self._complete(req, address)
                 return
             if not self.ex_reused:
                 self.ex_tried.append(address)
@@ -759,7 +758,7 @@ class ClientConnection(asyncio.Protocol):
         except Exception as exc:
             self._crashed(req, exc)
 
-    def _complete(self, req: Request, upstream_label: str) -> None:
+    def _complete(self, req: Request, upstream: Address | None) -> None:
         self.upstream = None
         self.forwarding = False
         if self.paused:
@@ -770,7 +769,7 @@ class ClientConnection(asyncio.Protocol):
         if req.error is not None or not req.body_done:
             # the rest of the request body cannot be told apart from a next request
             self.resp_keep_alive = False
-        self.server.record(self, req, upstream_label)
+        self.server.record(self, req, upstream)
         self._finished(self.resp_keep_alive)
 
     def _request_head(self, req: Request, match: Match) -> bytes:
@@ -890,7 +889,8 @@ class ClientConnection(asyncio.Protocol):
         stats.max_buffered = max(stats.max_buffered, buffered)
 
     def upstream_complete(self, keep_alive: bool, trailers: list[tuple[bytes, bytes]] | None) -> None:
-        self._flush_head()
+        if self.resp_head is not None:
+            self._flush_head()
         if self.resp_chunked and self.transport is not None and not self.closed:
             end = last_chunk(trailers)
             self.transport.write(end)
@@ -962,20 +962,6 @@ class TlsClientConnection(ClientConnection):
     def __del__(self) -> None:
         if self.transport is None:
             self.server.stats.tls_handshake_failures += 1
-
-
-_LABELS: dict[Address, str] = {}
-
-
-def _label(address: Address) -> str:
-    """ "host:port" for the access log, built once per endpoint rather than per request."""
-    label = _LABELS.get(address)
-    if label is None:
-        label = f"{address[0]}:{address[1]}"
-        if len(_LABELS) >= 4096:
-            _LABELS.clear()
-        _LABELS[address] = label
-    return label
 
 
 def _has_own_certificate(match: Match | None) -> bool:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kubegate.ir.model import EndpointTable, RoutingTable
-from kubegate.planes.proxy.balance import Clusters, Health
+from kubegate.planes.proxy.balance import Address, Clusters, Health
 from kubegate.planes.proxy.client import ClientConnection, Request, TlsClientConnection
 from kubegate.planes.proxy.http import ProxySettings, TrustedNetworks
 from kubegate.planes.proxy.pool import UpstreamPool
@@ -173,7 +173,8 @@ class ProxyServer:
         self._servers.clear()
 
     # --- bookkeeping ------------------------------------------------------------------------------
-    def record(self, conn: ClientConnection, req: Request, upstream: str) -> None:
+    def record(self, conn: ClientConnection, req: Request, upstream: Address | None) -> None:
+        """Count a finished request and hand it to the access log (upstream: the endpoint it went to)."""
         stats = self.stats
         stats.requests += 1
         status = conn.resp_status
@@ -188,10 +189,24 @@ class ProxyServer:
                     status=status,
                     bytes=conn.resp_bytes,
                     duration=time.monotonic() - req.started,
-                    upstream=upstream,
+                    upstream=_label(upstream) if upstream is not None else "",
                 )
             )
 
     def report_error(self, exc: BaseException) -> None:
         if len(self.errors) < 100:
             self.errors.append(exc)
+
+
+_LABELS: dict[Address, str] = {}
+
+
+def _label(address: Address) -> str:
+    """ "host:port" for the access log, built once per endpoint rather than per request."""
+    label = _LABELS.get(address)
+    if label is None:
+        label = f"{address[0]}:{address[1]}"
+        if len(_LABELS) >= 4096:
+            _LABELS.clear()
+        _LABELS[address] = label
+    return label
