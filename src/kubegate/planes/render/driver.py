@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,6 +81,7 @@ class NftDriver:
         self._baseline: str | None = None
         # the ruleset generation at the last listing that found the table as the baseline (None: list)
         self._seen_generation: int | None = None
+        self._lock = threading.RLock()
         self.applies = 0
         # how many applies loaded only the difference (the rest replaced the whole table)
         self.incremental_applies = 0
@@ -116,6 +118,11 @@ class NftDriver:
 
     def apply(self, ruleset: str | RenderedNftables) -> bool:
         """Load ``ruleset`` in one transaction. Returns False when it was already in force."""
+        # the agent applies on its event loop and runs the periodic check in a worker thread
+        with self._lock:
+            return self._apply(ruleset)
+
+    def _apply(self, ruleset: str | RenderedNftables) -> bool:
         previous = self._applied
         intact = previous is not None and not self.drifted()
         if intact and previous is not None:
@@ -202,10 +209,11 @@ class NftDriver:
         return True
 
     def reapply_if_drifted(self) -> bool:
-        if self._applied is None or not (self.drifted() or self._edited()):
-            return False
-        ruleset, self._applied = self._applied, None
-        return self.apply(ruleset)
+        with self._lock:
+            if self._applied is None or not (self.drifted() or self._edited()):
+                return False
+            ruleset, self._applied = self._applied, None
+            return self._apply(ruleset)
 
     def remove(self) -> None:
         """Delete our table (nothing else); no error when it is already gone."""
