@@ -18,16 +18,17 @@ haproxy); without them it says what is missing and exits 0 having measured nothi
    against haproxy ``mode tcp`` on the same path.
 
 Measured 2026-12-02 on the shared 2-core dev machine (root, nft 1.0.6, kernel 6.18; other engineers' work
-running, load average 2-5, so +-30%; whole run 111 s):
+running, load average 1-5: two full runs, the range is theirs; whole run 111-127 s):
 
-    10,000 Services x 10 endpoints   map      inline   rules    target
-    render (first, all Services)     0.69 s   0.82 s   1.5 s    (132k / 152k / 652k lines)
-    load (nft -f)                    1.71 s   3.24 s   9.6 s    (nft -c alone: 1.7 / 3.4 / 8.8 s)
-    render + apply                   2.61 s   4.22 s   11.2 s   < 2 s: missed (nft -f alone is 1.7-2.2 s)
-    one endpoint change, end to end  54 ms    161 ms   954 ms   < 100 ms: met with "map"
-      of which nft -f                21 ms    124 ms   922 ms   (6 / 13 / 16 commands)
-      text re-render + text diff     0.42 s   0.68 s   2.1 s    (the previous driver's path, for comparison)
-    vmap at 1,000 Services: render + apply 1.05 s, one change 64 ms (nft -f 57 ms).
+    10,000 Services x 10 endpoints   map            inline         rules         target
+    render (first, all Services)     0.69-1.07 s    0.82-1.21 s    1.1-1.5 s     (132k / 152k / 652k lines)
+    load (nft -f)                    1.71-2.54 s    3.2-4.0 s      8.9-9.6 s     (nft -c alone about the same)
+    render + apply                   2.61-4.00 s    4.2-5.5 s      10-11 s       < 2 s: missed
+    one endpoint change, end to end  54-72 ms       157-161 ms     0.95 s        < 100 ms: met with "map"
+      of which nft -f                21-35 ms       124-130 ms     0.92 s        (6 / 13 / 16 commands)
+    one Service added / removed      46-66 ms       61-130 ms      about 1.2 s
+    text re-render + text diff       0.42-0.58 s    0.68-0.71 s    2.1-2.8 s     (the previous driver's path)
+    vmap at 1,000 Services: render + apply 1.05-1.26 s, one change 64-75 ms (nft -f 57-71 ms).
     Before this work (2026-12-02 morning): inline 18.6 s full (nft -c 5 s + nft -f 3.8 s + two `nft list
     tables` for the drift handle, 2-4 s each at this size), one change 248 ms at 500 Services.
 
@@ -39,9 +40,9 @@ and any transaction that adds a rule or a jump makes the kernel validate every r
 base chains (80 ms system at 152k lines, 0.9 s at 652k); "map" changes only data-map elements, which
 commit without that walk (20-40 ms at any size).
 
-    iperf3 TCP, Gbit/s (median of 3 x 5 s)  kubegate  baseline                 target
-    client -> nodePort -> pod, kernel       10.8      routed no NAT 12.1 0.89x >= 0.95x (rounds 0.85-0.93x)
-    client -> nodePort -> pod, L4Proxy      8.5       haproxy tcp 5.1  1.67x   >= 0.8x
+    iperf3 TCP, Gbit/s (median of 3 x 5 s)  kubegate   baseline                          target
+    client -> nodePort -> pod, kernel       10.8-12.9  routed no NAT 12.1-12.3 0.89-1.05x >= 0.95x (noise)
+    client -> nodePort -> pod, L4Proxy      8.5-9.7    haproxy tcp 5.1-5.8     1.67x      >= 0.8x
 
 Run: .venv/bin/python bench/services.py [--services 10000] [--rounds 3] [--seconds 5] [--quick]
 """
