@@ -35,6 +35,7 @@ from kubegate.objects.kinds import KubeObject
 from kubegate.objects.meta import ObjectKey
 from kubegate.objects.snapshot import Snapshot
 from kubegate.sources.files import Problem
+from kubegate.sources.kubernetes.latest import Latest
 from kubegate.sources.kubernetes.status_writer import API_FAILURES, describe_failure, status_code
 from kubegate.translate.context import Diagnostic
 
@@ -187,8 +188,7 @@ class EventRecorder:
         self._recorded: OrderedDict[_Key, _Recorded] = OrderedDict()
         self._logged: OrderedDict[_Key, None] = OrderedDict()
         self._buckets: OrderedDict[ObjectKey, TokenBucket] = OrderedDict()
-        self._pending: tuple[tuple[Reportable, ...], Snapshot | None] | None = None
-        self._wake = asyncio.Event()
+        self._pending: Latest[tuple[tuple[Reportable, ...], Snapshot | None]] = Latest()
         self.dropped = 0
 
     # ----------------------------------------------------------------------------------------------
@@ -196,21 +196,10 @@ class EventRecorder:
 
     def submit(self, problems: Iterable[Reportable], snapshot: Snapshot | None = None) -> None:
         """Queue the problems of a translation for ``run()``; a newer batch replaces one not yet written."""
-        self._pending = (tuple(problems), snapshot)
-        self._wake.set()
+        self._pending.put((tuple(problems), snapshot))
 
     async def run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            pending, self._pending = self._pending, None
-            if pending is None:
-                continue
-            try:
-                await self.record(*pending)
-            except Exception:
-                # a bug must not end event recording for the life of the process
-                log.exception("recording Events failed")
+        await self._pending.serve(lambda pending: self.record(*pending), "recording Events")
 
     # ----------------------------------------------------------------------------------------------
     # One batch

@@ -38,6 +38,7 @@ from kubegate.objects.kinds import Ingress, Service
 from kubegate.objects.meta import ObjectKey
 from kubegate.objects.snapshot import Snapshot
 from kubegate.sources.kubernetes.allocations import in_pools, shown_load_balancer_ips
+from kubegate.sources.kubernetes.latest import Latest
 from kubegate.translate.context import Options, Translation
 
 log = logging.getLogger("kubegate.kubernetes.status")
@@ -260,30 +261,19 @@ class StatusWriter:
         self._sleep = sleep
         self._written: dict[ObjectKey, _Written] = {}
         self._ingress_addresses: set[str] = set()
-        self._pending: tuple[Translation, Snapshot, Options] | None = None
-        self._wake = asyncio.Event()
+        self._pending: Latest[tuple[Translation, Snapshot, Options]] = Latest()
 
     # ----------------------------------------------------------------------------------------------
     # Background use: the reconciler submits each published translation; only the latest is written
 
     def submit(self, translation: Translation, snapshot: Snapshot, options: Options) -> None:
         """Queue a translation for ``run()``; a newer one replaces one not yet written."""
-        self._pending = (translation, snapshot, options)
-        self._wake.set()
+        self._pending.put((translation, snapshot, options))
 
     async def run(self) -> None:
-        """Write each submitted translation, latest first, until cancelled."""
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            pending, self._pending = self._pending, None
-            if pending is None:
-                continue
-            try:
-                await self.write(*pending)
-            except Exception:
-                # write() handles API failures itself; a bug must not end write-back for good
-                log.exception("status write-back failed")
+        """Write each submitted translation, latest first, until cancelled (write() handles API
+        failures itself)."""
+        await self._pending.serve(lambda pending: self.write(*pending), "status write-back")
 
     # ----------------------------------------------------------------------------------------------
     # One pass
