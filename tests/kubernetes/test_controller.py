@@ -7,25 +7,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from kubegate.app import Gateway, ServeConfig
-from kubegate.sources.kubernetes.config import KubeSettings, resolve
+from kubegate.app import Gateway
 from kubegate.sources.kubernetes.controller import ControllerSettings
-from kubegate.translate.context import Options
 from tests.fakes.apiserver import FakeApiServer
 from tests.kubernetes.test_serve_kubernetes import (
     backend,
     eventually,
+    gateway,
     ingress,
     ingress_class,
     service,
-    write_kubeconfig,
 )
 from tests.proxy.helpers import echo_backends
 
@@ -33,43 +29,17 @@ from tests.proxy.helpers import echo_backends
 FAST = ControllerSettings(lease_duration=1.0, renew_deadline=0.6, retry_period=0.1)
 
 
-@pytest.fixture
-def api() -> Iterator[FakeApiServer]:
-    with FakeApiServer(bookmark_interval=0.2) as fake:
-        yield fake
-
-
-@asynccontextmanager
-async def replica(
+def replica(
     api: FakeApiServer, tmp_path: Path, name: str, settings: ControllerSettings = FAST
-) -> AsyncIterator[Gateway]:
-    connection = resolve(KubeSettings(kubeconfig=write_kubeconfig(tmp_path / f"{name}.kubeconfig", api.url)))
-    config = ServeConfig(
-        paths=(),
-        options=Options(serve_ingress_without_class=False, addresses_from_spec=True),
-        listen=("127.0.0.1", 0),
-        tls_listen=None,
-        admin_listen=None,
-        node_address=None,
-        access_log=None,
-        drain_seconds=0.5,
-        kubernetes=connection,
-        controller=ControllerSettings(
-            election_namespace="default",
-            election_id="kubegate-test",
-            identity=name,
-            lease_duration=settings.lease_duration,
-            renew_deadline=settings.renew_deadline,
-            retry_period=settings.retry_period,
-            publish_service=settings.publish_service,
+) -> AbstractAsyncContextManager[Gateway]:
+    """One replica of `serve --kubernetes`, campaigning for the test's Lease as `name`."""
+    return gateway(
+        api,
+        tmp_path,
+        controller=dataclasses.replace(
+            settings, election_namespace="default", election_id="kubegate-test", identity=name
         ),
     )
-    gw = Gateway(config)
-    await asyncio.wait_for(gw.start(), 10)
-    try:
-        yield gw
-    finally:
-        await gw.stop()
 
 
 async def until(what: str, check: Callable[[], Any], seconds: float = 5.0) -> Any:

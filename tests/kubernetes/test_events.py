@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx2
 import pytest
-from lightkube import AsyncClient, KubeConfig
-from lightkube.config.models import Cluster, User
+from lightkube import AsyncClient
 
 from kubegate.objects.kinds import Ingress, IngressSpec
 from kubegate.objects.meta import ObjectKey, ObjectMeta, Origin
@@ -20,21 +19,11 @@ from kubegate.sources.files import Problem
 from kubegate.sources.kubernetes.events import EventRecorder
 from kubegate.translate.context import Diagnostic
 from tests.fakes.apiserver import FakeApiServer
+from tests.kubernetes.clients import client_for
 
 WEB = ObjectKey("Ingress", "shop", "web")
 BAD_PATH = Diagnostic(WEB, "spec.rules[0].http.paths[0].path", "error", "must start with /")
 EVENTS_PATH = "/api/v1/namespaces/shop/events"
-
-
-def client_for(url: str, transport: httpx2.AsyncBaseTransport | None = None) -> AsyncClient:
-    # an empty user: this lightkube refuses a config without one, and the fake needs no credentials
-    return AsyncClient(KubeConfig.from_one(cluster=Cluster(server=url), user=User()), transport=transport)
-
-
-@pytest.fixture
-def api() -> Iterator[FakeApiServer]:
-    with FakeApiServer() as server:
-        yield server
 
 
 @pytest.fixture

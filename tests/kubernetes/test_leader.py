@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx2
 import pytest
-from lightkube import AsyncClient, KubeConfig
-from lightkube.config.models import Cluster, User
+from lightkube import AsyncClient
 
 from kubegate.sources.kubernetes.leader import LeaderElector, default_identity
 from tests.fakes.apiserver import FakeApiServer
+from tests.kubernetes.clients import client_for
 
 NAMESPACE = "kube-system"
 LEASE = "kubegate-leader"
@@ -62,18 +62,6 @@ class Hooked(httpx2.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
-
-
-@pytest.fixture
-def api() -> Iterator[FakeApiServer]:
-    with FakeApiServer() as server:
-        yield server
-
-
-def client_for(url: str, transport: httpx2.AsyncBaseTransport | None = None) -> AsyncClient:
-    # an empty user: this lightkube refuses a config without one, and the fake needs no credentials
-    config = KubeConfig.from_one(cluster=Cluster(server=url), user=User())
-    return AsyncClient(config, transport=transport)
 
 
 @pytest.fixture

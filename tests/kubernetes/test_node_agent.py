@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,12 +37,6 @@ class RecordingDriver:
 
     def remove(self) -> None:
         self.applied.append("")
-
-
-@pytest.fixture
-def api() -> Iterator[FakeApiServer]:
-    with FakeApiServer(bookmark_interval=0.2) as fake:
-        yield fake
 
 
 async def until(driver: RecordingDriver, needle: str, seconds: float = 5.0) -> str:

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import yaml
 from kubegate.app import Gateway, ServeConfig
 from kubegate.cli import main
 from kubegate.sources.kubernetes.config import KubeSettings, resolve
+from kubegate.sources.kubernetes.controller import ControllerSettings
 from kubegate.sources.kubernetes.source import KubernetesSource
 from kubegate.translate.context import Options
 from tests.fakes.apiserver import FakeApiServer
@@ -31,12 +32,6 @@ from tests.proxy.helpers import Client, echo_backends, get
 
 HOST = "web.example.com"
 CLASS = "kubegate"
-
-
-@pytest.fixture
-def api() -> Iterator[FakeApiServer]:
-    with FakeApiServer(bookmark_interval=0.2) as fake:
-        yield fake
 
 
 def write_kubeconfig(path: Path, server: str) -> Path:
@@ -163,6 +158,7 @@ async def gateway(
     options: Options | None = None,
     transport: httpx2.AsyncBaseTransport | None = None,
     namespace: str | None = None,
+    controller: ControllerSettings | None = None,
 ) -> AsyncIterator[Gateway]:
     connection = resolve(
         KubeSettings(kubeconfig=write_kubeconfig(tmp_path / "kubeconfig", api.url)), transport=transport
@@ -178,6 +174,7 @@ async def gateway(
         drain_seconds=0.5,
         kubernetes=connection,
         kubernetes_namespace=namespace,
+        controller=controller or ControllerSettings(),
     )
     gw = Gateway(config)
     await asyncio.wait_for(gw.start(), 10)

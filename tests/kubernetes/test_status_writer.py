@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx2
 import pytest
-from lightkube import AsyncClient, KubeConfig
-from lightkube.config.models import Cluster, User
+from lightkube import AsyncClient
 
 from kubegate.objects.decode import decode_object
 from kubegate.objects.meta import ObjectKey
@@ -20,6 +19,7 @@ from kubegate.sources.kubernetes.status_writer import StatusWriter, load_balance
 from kubegate.translate import translate
 from kubegate.translate.context import Options, Pool, Translation
 from tests.fakes.apiserver import FakeApiServer
+from tests.kubernetes.clients import client_for
 
 OPTIONS = Options(pools=(Pool(name="test", addresses=("10.0.0.0/29",)),), publish_addresses=("192.0.2.10",))
 SERVICE_STATUS_PATH = "/api/v1/namespaces/default/services/{}/status"
@@ -41,17 +41,6 @@ class Hooked(httpx2.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
-
-
-def client_for(url: str, transport: httpx2.AsyncBaseTransport | None = None) -> AsyncClient:
-    # an empty user: this lightkube refuses a config without one, and the fake needs no credentials
-    return AsyncClient(KubeConfig.from_one(cluster=Cluster(server=url), user=User()), transport=transport)
-
-
-@pytest.fixture
-def api() -> Iterator[FakeApiServer]:
-    with FakeApiServer() as server:
-        yield server
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from kubegate.objects.kinds import (
     Secret,
     Service,
 )
+from kubegate.objects.meta import ObjectKey
 
 # (namespace, name); IngressClass is cluster-scoped and keyed by name alone.
 NamespacedName = tuple[str, str]
@@ -32,6 +33,21 @@ class Snapshot:
     ingresses: Mapping[NamespacedName, Ingress] = field(default_factory=dict)
     ingress_classes: Mapping[str, IngressClass] = field(default_factory=dict)
     secrets: Mapping[NamespacedName, Secret] = field(default_factory=dict)
+
+    def find(self, key: ObjectKey) -> KubeObject | None:
+        """The object with this key, when the snapshot holds it."""
+        if key.kind == "IngressClass":
+            return self.ingress_classes.get(key.name)
+        by_kind: dict[str, Mapping[NamespacedName, KubeObject]] = {
+            "Service": self.services,
+            "Endpoints": self.endpoints,
+            "EndpointSlice": self.endpoint_slices,
+            "Pod": self.pods,
+            "Ingress": self.ingresses,
+            "Secret": self.secrets,
+        }
+        by_name = by_kind.get(key.kind)
+        return None if by_name is None else by_name.get((key.namespace, key.name))
 
     @staticmethod
     def of(objects: Iterable[KubeObject]) -> Snapshot:

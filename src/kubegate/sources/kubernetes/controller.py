@@ -12,7 +12,6 @@ problems as Events; the next reload after its status write lands makes every rep
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -22,6 +21,7 @@ from lightkube import AsyncClient
 from kubegate.objects.snapshot import Snapshot
 from kubegate.sources.files import Problem
 from kubegate.sources.kubernetes.allocations import ClusterAllocations, restrict_to_status
+from kubegate.sources.kubernetes.background import cancel_all
 from kubegate.sources.kubernetes.events import EventRecorder
 from kubegate.sources.kubernetes.leader import LeaderElector, default_identity
 from kubegate.sources.kubernetes.status_writer import StatusWriter
@@ -135,12 +135,7 @@ class ClusterController:
 
     async def stop(self) -> None:
         """Stop writing and give the Lease up, so another replica takes over at once."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await cancel_all(self._tasks)
         if self.elector is not None:
             try:
                 await self.elector.release()

@@ -31,11 +31,10 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Event
 from lightkube.types import PatchType
 
-from kubegate.objects.kinds import KubeObject
 from kubegate.objects.meta import ObjectKey
 from kubegate.objects.snapshot import Snapshot
 from kubegate.sources.files import Problem
-from kubegate.sources.kubernetes.latest import Latest
+from kubegate.sources.kubernetes.background import Latest
 from kubegate.sources.kubernetes.status_writer import API_FAILURES, describe_failure, status_code
 from kubegate.translate.context import Diagnostic
 
@@ -124,24 +123,7 @@ def _uid(snapshot: Snapshot | None, key: ObjectKey) -> str:
     """The object's uid when the snapshot holds it: Events then stick to this incarnation of the object."""
     if snapshot is None:
         return ""
-    namespaced = (key.namespace, key.name)
-    found: KubeObject | None
-    if key.kind == "Service":
-        found = snapshot.services.get(namespaced)
-    elif key.kind == "Endpoints":
-        found = snapshot.endpoints.get(namespaced)
-    elif key.kind == "EndpointSlice":
-        found = snapshot.endpoint_slices.get(namespaced)
-    elif key.kind == "Pod":
-        found = snapshot.pods.get(namespaced)
-    elif key.kind == "Ingress":
-        found = snapshot.ingresses.get(namespaced)
-    elif key.kind == "Secret":
-        found = snapshot.secrets.get(namespaced)
-    elif key.kind == "IngressClass":
-        found = snapshot.ingress_classes.get(key.name)
-    else:
-        found = None
+    found = snapshot.find(key)
     return found.metadata.uid if found is not None else ""
 
 

@@ -13,7 +13,6 @@ ignores them too); they are left out of ``load()``. Class-less ones are reported
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Iterable
@@ -24,6 +23,7 @@ import msgspec
 from kubegate.objects.kinds import IngressClass
 from kubegate.objects.meta import ObjectKey
 from kubegate.sources.files import Loaded, LoadResult, Problem
+from kubegate.sources.kubernetes.background import cancel_all
 from kubegate.sources.kubernetes.config import KubeConnection
 from kubegate.sources.kubernetes.informer import (
     ORIGIN,
@@ -219,12 +219,7 @@ class KubernetesSource:
         return controller != self.controller_name
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await cancel_all(self._tasks)
         if self._http is not None:
             await self._http.aclose()
             self._http = None

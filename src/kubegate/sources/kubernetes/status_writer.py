@@ -38,7 +38,7 @@ from kubegate.objects.kinds import Ingress, Service
 from kubegate.objects.meta import ObjectKey
 from kubegate.objects.snapshot import Snapshot
 from kubegate.sources.kubernetes.allocations import in_pools, shown_load_balancer_ips
-from kubegate.sources.kubernetes.latest import Latest
+from kubegate.sources.kubernetes.background import Latest
 from kubegate.translate.context import Options, Translation
 
 log = logging.getLogger("kubegate.kubernetes.status")

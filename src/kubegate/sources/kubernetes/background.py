@@ -1,12 +1,13 @@
-"""A mailbox that holds one item: a newer submission replaces one not yet handled.
+"""Background work of the Kubernetes source: a mailbox that holds one item, and stopping tasks.
 
-Status write-back and Event recording both work this way: the reconciler submits after every
+Status write-back and Event recording both use the mailbox: the reconciler submits after every
 translation, the API is slow by comparison, and only the newest translation is worth writing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
@@ -39,3 +40,13 @@ class Latest(Generic[T]):
                 await handle(item)
             except Exception:
                 log.exception("%s failed", what)
+
+
+async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the tasks, wait until each has ended, and forget them."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    tasks.clear()
