@@ -37,6 +37,8 @@ def run_long_running(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    # the API client logs every request at INFO (a Lease renewal every few seconds): only its problems
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
     if args.long_running == "proxy":
         return _run_agent(args)
     if args.long_running == "loadbalancer":
