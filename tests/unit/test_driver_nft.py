@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kubegate.ir.model import Endpoint, EndpointTable, L4Port, L4Service, RoutingTable
-from kubegate.planes.render import NftOptions
+from kubegate.planes.render import NftOptions, nftelements, nftlink
 from kubegate.planes.render.driver import ApplyError, NftDriver
 from kubegate.planes.render.nftables import NftRenderer
 from kubegate.planes.render.nftdiff import parse_table
@@ -242,3 +242,61 @@ def test_a_rendering_skipped_between_two_applies_makes_the_next_one_a_full_load(
     assert driver.apply(renderer.render(smaller, endpoints))
     assert not driver.last_incremental
     assert driver.listing().count(": goto pick-2") == 3
+
+
+@pytest.mark.parametrize("dispatch", ["inline", "vmap", "map"])
+def test_a_first_load_is_staged_and_leaves_what_nft_loading_the_text_would(
+    namespace: str, dispatch: str
+) -> None:
+    other = f"{namespace}s"
+    subprocess.run(["ip", "netns", "add", other], check=True, timeout=10)
+    options = NftOptions(dispatch=dispatch, node_name="node-a")  # type: ignore[arg-type]
+
+    @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(state=states_strategy())
+    def check(state: tuple[RoutingTable, EndpointTable]) -> None:
+        rendering = NftRenderer(options).render(*state)
+        staged = NftDriver(netns=namespace)
+        staged.remove()
+        staged.apply(rendering)
+        # skeleton, then the shared elements over netlink, then the base chains
+        assert list(staged.last_load_steps) == ["skeleton", "elements", "base"]
+        by_text = NftDriver(netns=other)
+        by_text.remove()
+        by_text.apply(rendering.text())
+        assert list(by_text.last_load_steps) == ["nft"]
+        assert _normalised(staged.listing()) == _normalised(by_text.listing())
+
+    try:
+        check()
+    finally:
+        subprocess.run(["ip", "netns", "del", other], check=False, timeout=10)
+
+
+def test_a_table_already_there_is_replaced_by_nft_in_one_transaction(namespace: str) -> None:
+    routing, endpoints = scale_ir(4, 2)
+    renderer = NftRenderer(NftOptions(dispatch="map"))
+    NftDriver(netns=namespace).apply(renderer.render(routing, endpoints))
+    # a new agent finds the table its predecessor left: staging would take it out of the packet path
+    driver = NftDriver(netns=namespace)
+    driver.apply(NftRenderer(NftOptions(dispatch="map")).render(routing, one_endpoint_changed(endpoints)))
+    assert list(driver.last_load_steps) == ["nft"]
+    assert "10.250.0.1 . 8080" in driver.listing()
+
+
+def test_a_staged_load_the_kernel_refuses_falls_back_to_nft_and_leaves_nothing_behind(
+    namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        # what a kernel without room for the elements would say; the staged table is there by now
+        assert "table inet kubegate" in _nft(namespace, "list", "tables").stdout
+        raise nftlink.NetlinkError(28, "nftables: the kernel refused elements (message 2): No space left")
+
+    monkeypatch.setattr(nftelements, "load", refuse)
+    rendering = NftRenderer(NftOptions(dispatch="map")).render(*scale_ir(3, 2))
+    driver = NftDriver(netns=namespace)
+    assert driver.apply(rendering)
+    assert list(driver.last_load_steps) == ["nft"]
+    listing = driver.listing()
+    assert "hook prerouting" in listing and "10.96.0.1 . tcp . 80 . 1 : 10.128.0.1 . 8080" in listing
+    assert listing.count("table inet kubegate") == 1

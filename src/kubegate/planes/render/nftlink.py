@@ -90,7 +90,7 @@ def _parse(
     raise NetlinkError(errno.EPROTO, f"nftables {what}: no reply to the request")
 
 
-def _open_socket(netns: str | None) -> socket.socket:
+def open_socket(netns: str | None) -> socket.socket:
     if netns is None:
         return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     # setns changes only the calling thread; a socket keeps the namespace it was created in, so a
@@ -145,7 +145,7 @@ def _ask(
     request: bytes, parse: Callable[[bytes, int], int | None], netns: str | None, timeout: float
 ) -> int | None:
     try:
-        sock = _open_socket(netns)
+        sock = open_socket(netns)
     except OSError as error:
         if isinstance(error, NetlinkError):
             raise
