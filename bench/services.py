@@ -75,6 +75,7 @@ from kubegate.planes.render.nftables import NftRenderer, RenderedNftables
 from kubegate.planes.render.nftdiff import incremental
 
 TABLE = "kgbench"
+NODES, NODE = 1_000, "node-0000"
 NODE_IP, CLIENT_IP = "192.168.77.1", "192.168.77.2"
 POD_IP, POD_PORT = "10.244.0.10", 5201
 KERNEL_NODEPORT, PROXY_NODEPORT, HAPROXY_PORT = 30080, 30081, 30082
@@ -127,8 +128,9 @@ CLUSTER_IP_BASE = (10 << 24) | (96 << 16)
 ENDPOINT_BASE = (10 << 24) | (128 << 16)
 
 
-def scale_ir(services: int, endpoints_each: int) -> tuple[RoutingTable, EndpointTable]:
-    """``services`` ClusterIP Services of one TCP port; every fifth is a NodePort (the range holds 2,768)."""
+def scale_ir(services: int, endpoints_each: int, nodes: int = 0) -> tuple[RoutingTable, EndpointTable]:
+    """``services`` ClusterIP Services of one TCP port; every fifth is a NodePort (the range holds 2,768).
+    With ``nodes``, endpoint k runs on node ``node-<k mod nodes>`` (four digits); else on no named node."""
     svcs = []
     clusters: dict[str, tuple[Endpoint, ...]] = {}
     for i in range(services):
@@ -142,7 +144,12 @@ def scale_ir(services: int, endpoints_each: int) -> tuple[RoutingTable, Endpoint
             )
         )
         clusters[f"c{i}"] = tuple(
-            Endpoint(ip=_ip(ENDPOINT_BASE, i * endpoints_each + j), port=8080) for j in range(endpoints_each)
+            Endpoint(
+                ip=_ip(ENDPOINT_BASE, i * endpoints_each + j),
+                port=8080,
+                node=f"node-{(i * endpoints_each + j) % nodes:04d}" if nodes else "",
+            )
+            for j in range(endpoints_each)
         )
     return RoutingTable(services=tuple(svcs)), EndpointTable(clusters=clusters)
 
@@ -227,8 +234,9 @@ def bench_scale(report: Report, services: int, dispatch: str, target: bool) -> N
     topo = Topology()
     try:
         node = topo.netns("scale")
-        routing, endpoints = scale_ir(services, 10)
-        options = NftOptions(table=TABLE, dispatch=dispatch)  # type: ignore[arg-type]
+        # 100,000 pods need at least 910 nodes (110 pods a node): spread over 1,000, this node runs 100
+        routing, endpoints = scale_ir(services, 10, nodes=NODES)
+        options = NftOptions(table=TABLE, dispatch=dispatch, node_name=NODE)  # type: ignore[arg-type]
         label = f"{services:,} Services x 10, {dispatch}"
         # the agent's path: one renderer for the process's life, the driver applying its renderings
         renderer = NftRenderer(options)
@@ -328,6 +336,20 @@ def bench_scale(report: Report, services: int, dispatch: str, target: bool) -> N
         replacing = TimedNftDriver(TABLE, "inet", node)
         replace_s = timed(lambda: replacing.apply(text))
         report.add(f"{label}: whole text by one nft -f (replacing the table)", _s(replace_s))
+        if target:
+            # the worst case: no endpoint names its node, so every one may be a pod on this node and
+            # goes into the hairpin set (100,000 more elements)
+            replacing.remove()
+            unplaced = scale_ir(services, 10)
+            renderer = NftRenderer(options)
+            render_s = timed(lambda: renderer.render(*unplaced))
+            rendering = renderer.render(*unplaced)
+            apply_s = timed(lambda: replacing.apply(rendering))
+            report.add(
+                f"{label}: render + apply, no endpoint on a named node",
+                _s(render_s + apply_s),
+                f"render {_s(render_s)}, load {_s(apply_s)}",
+            )
     finally:
         topo.teardown()
 

@@ -66,19 +66,36 @@ def test_an_endpoint_element_has_the_bytes_nft_sends() -> None:
 
 
 @pytest.mark.parametrize(
-    ("declaration", "element"),
+    ("declaration", "elements"),
     [
-        (ENDPOINTS, "10.96.0.1 . tcp . 80 . 3 : 10.128.0.3 . 8080"),
-        (ENDPOINTS, "192.168.1.200 . udp . 53 . 9 : 10.0.0.1 . 5353"),
-        (NODEPORT_ENDPOINTS, "sctp . 30000 . 2 : 10.128.0.3 . 65535"),
-        ("type ipv4_addr . ipv4_addr", "10.1.2.3 . 10.1.2.3"),
+        (
+            ENDPOINTS,
+            ["10.96.0.1 . tcp . 80 . 3 : 10.128.0.3 . 8080", "192.168.1.200 . udp . 53 . 9 : 10.0.0.1 . 53"],
+        ),
+        (NODEPORT_ENDPOINTS, ["sctp . 30000 . 2 : 10.128.0.3 . 65535", "tcp . 1 . 0 : 1.2.3.4 . 1"]),
+        ("type ipv4_addr . ipv4_addr", ["10.1.2.3 . 10.1.2.3", "0.0.0.0 . 255.255.255.255"]),
+        ("type ipv4_addr", ["10.96.0.1", "10.96.0.2"]),
+        (
+            "type ipv4_addr . inet_proto . inet_service : verdict",
+            ["10.96.0.1 . tcp . 80 : goto pick-10", "10.96.0.2 . 17 . 53 : jump svc-1a2b3c4d-ns/a.b/udp/dns"],
+        ),
+        ("type inet_proto . inet_service : verdict", ["tcp . 30000 : goto nodeport-pick-3"]),
     ],
 )
-def test_the_unrolled_encoders_give_the_general_encoders_bytes(declaration: str, element: str) -> None:
-    fast = nftelements.encoder(declaration, "s")
-    general = nftelements.encoder(declaration, "s", fast=False)
-    assert fast is not None and general is not None and fast is not general
-    assert fast(element) == general(element)
+def test_encoding_by_columns_gives_the_reference_encoders_bytes(
+    declaration: str, elements: list[str]
+) -> None:
+    reference = nftelements.encoder(declaration, "s")
+    assert reference is not None
+    assert nftelements.encode_many(declaration, "s", elements) == [reference(e) for e in elements]
+
+
+def test_a_whole_rendering_encodes_by_columns_as_element_by_element() -> None:
+    rendering = NftRenderer(NftOptions(dispatch="map")).render(*scale_ir(300, 4))
+    for name, declaration, elements in rendering.staged().elements:
+        reference = nftelements.encoder(declaration, name)
+        assert reference is not None
+        assert nftelements.encode_many(declaration, name, elements) == [reference(e) for e in elements]
 
 
 def test_a_verdict_element_names_its_chain() -> None:
@@ -104,12 +121,17 @@ def test_a_verdict_element_names_its_chain() -> None:
     ],
 )
 def test_a_malformed_element_is_named_with_its_set(declaration: str, element: str, complaint: str) -> None:
-    for fast in (True, False):
-        encode = nftelements.encoder(declaration, "the-set", fast=fast)
-        assert encode is not None
-        with pytest.raises(nftelements.ElementError, match="the-set") as caught:
-            encode(element)
-        assert complaint in str(caught.value)
+    encode = nftelements.encoder(declaration, "the-set")
+    assert encode is not None
+    with pytest.raises(nftelements.ElementError, match="the-set") as caught:
+        encode(element)
+    assert complaint in str(caught.value)
+    # among good ones, encoded by columns: the same error
+    good = "10.96.0.9 . tcp . 80 . 1 : 10.128.0.3 . 80" if declaration == ENDPOINTS else None
+    elements = [element] if good is None else [good, element, good]
+    with pytest.raises(nftelements.ElementError, match="the-set") as caught:
+        nftelements.encode_many(declaration, "the-set", elements)
+    assert complaint in str(caught.value)
 
 
 def test_the_batch_splits_elements_into_messages_the_kernel_can_take() -> None:

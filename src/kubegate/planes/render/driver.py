@@ -173,26 +173,21 @@ class NftDriver:
         False, with nothing left behind, when any step fails or an element cannot be encoded: the caller
         then loads the whole text with nft, whose refusal (if it refuses too) is the error to report."""
         steps: dict[str, float] = {}
-        encoders = {}
-        for name, declaration, elements in staged.elements:
-            if elements:
-                encoder = nftelements.encoder(declaration, name)
-                if encoder is None:
-                    return False
-                encoders[name] = encoder
+        if any(nftelements.layout(declaration) is None for _, declaration, _ in staged.elements):
+            return False
         started = time.perf_counter()
         try:
             self._load(staged.skeleton)
             steps["skeleton"] = time.perf_counter() - started
             started = time.perf_counter()
-            sets = [(name, encoders[name], elements) for name, _, elements in staged.elements if elements]
-            nftelements.load(self.family, self.table, sets, self.netns)
+            nftelements.load(self.family, self.table, staged.elements, self.netns)
             steps["elements"] = time.perf_counter() - started
             started = time.perf_counter()
             self._load(staged.base)
             steps["base"] = time.perf_counter() - started
-        except (ApplyError, nftelements.ElementError, OSError):
-            # the table never reached a base chain: deleting it returns to where we started
+        except (ApplyError, ValueError, OSError):
+            # (ValueError: nftelements.ElementError among them) the table never reached a base
+            # chain: deleting it returns to where we started
             self._nft("delete", "table", self.family, self.table)
             return False
         self.last_load_steps = steps

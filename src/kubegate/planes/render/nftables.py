@@ -21,8 +21,11 @@ Layout (names are fixed so the driver and humans can find them):
   ``NftOptions.dispatch`` chooses how ``svc-*`` picks: ``vmap`` (above, kube-proxy's), ``rules`` (one
   ``numgen random mod N-i == 0 goto`` rule per endpoint) or ``inline`` (those rules carry the affinity
   update and DNAT themselves, so there are no ``ep-*`` chains and hairpin traffic is masqueraded in
-  postrouting by the set ``hairpin-endpoints``). Anonymous vmaps and per-endpoint chains are what make
-  big transactions slow in the kernel; see the option's comment for measurements.
+  postrouting by the set ``hairpin-endpoints``, which leaves out endpoints known to run on another node
+  than ``node_name``: a pod's packets to a Service are translated on its own node, so only a pod on this
+  node can meet itself here; on a big cluster that is a few dozen addresses, not one per endpoint).
+  Anonymous vmaps and per-endpoint chains are what make big transactions slow in the kernel; see the
+  option's comment for measurements.
 - ``map`` dispatch: no chain per Service. ``service-ips`` sends a ClusterIP to the shared chain
   ``pick-N`` (N: the port's endpoint count), whose DNAT takes its target from the data map
   ``endpoints-N`` keyed by ``ip daddr . meta l4proto . th dport . numgen random mod N``; external IPs
@@ -64,6 +67,7 @@ import ipaddress
 import itertools
 import re
 import socket
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -77,6 +81,7 @@ _READABLE = MAX_NAME - len("aff-12345678-") - len("__255.255.255.255/65535")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_./-]")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 _REJECT = "goto reject-chain"
+_MISSING = object()
 
 
 class RenderOptionsError(ValueError):
@@ -122,6 +127,8 @@ class _Ep(NamedTuple):
     address: int
     port: int
     local: bool
+    # on this node or on no node we know of: a pod that can reach itself through this node's rules
+    maybe_local: bool
     chain: str
     affinity_set: str
     # the statements that send a connection to this endpoint (affinity update, DNAT)
@@ -149,7 +156,8 @@ class _PortPart:
     # the port has endpoints (else its addresses go to the no-endpoint maps)
     served: bool = False
     # "map" dispatch without affinity or Local policy: the endpoint count N (shared chain pick-N and
-    # map endpoints-N) and each endpoint as map data, by index; 0 when the port has chains of its own
+    # map endpoints-N) and each endpoint's map data by index ("index : address . port"); 0 when the port
+    # has chains of its own
     pick: int = 0
     targets: tuple[str, ...] = ()
 
@@ -210,23 +218,27 @@ class _Addresses:
 
     def __init__(self) -> None:
         self._cache: dict[str, int | str | None] = {}
+        # address -> its dotted quad, for writing elements back out
+        self._dotted: dict[int, str] = {}
 
     def __len__(self) -> int:
         return len(self._cache)
 
     def clear(self) -> None:
         self._cache.clear()
+        self._dotted.clear()
 
     def v4(self, text: str) -> int | str | None:
         """The IPv4 address as an int; None for IPv6; the text itself when it is no address."""
+        # .get, not try/except: on a first render nearly every lookup misses, and exceptions cost
+        result = self._cache.get(text, _MISSING)
+        if result is not _MISSING:
+            return result  # type: ignore[return-value]
         try:
-            return self._cache[text]
-        except KeyError:
-            pass
-        result: int | str | None
-        try:
-            # inet_pton is strict dotted-quad (unlike inet_aton) and far faster than ipaddress
+            # inet_pton is strict dotted-quad (no leading zeros, unlike inet_aton), so the text is
+            # already the canonical form, and far faster than ipaddress
             result = int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+            self._dotted[result] = text
         except OSError:
             try:
                 socket.inet_pton(socket.AF_INET6, text)
@@ -235,6 +247,13 @@ class _Addresses:
                 result = text
         self._cache[text] = result
         return result
+
+    def dotted(self, address: int) -> str:
+        text = self._dotted.get(address)
+        if text is None:
+            # inet_ntoa: the same dotted quad as ipaddress, at a tenth of the cost
+            text = self._dotted[address] = socket.inet_ntoa(address.to_bytes(4, "big"))
+        return text
 
 
 def _dispatch(eps: list[_Ep], affinity: bool, mode: str) -> list[str]:
@@ -338,6 +357,7 @@ class _ServiceRenderer:
                     address=key[0],
                     port=ep.port,
                     local=bool(node) and ep.node == node,
+                    maybe_local=not (node and ep.node and ep.node != node),
                     chain=f"ep-{tail}",
                     affinity_set=f"aff-{tail}" if affinity else "",
                     action=f"{update}meta l4proto {proto} {self.dnat} {ep.ip}:{ep.port}",
@@ -377,10 +397,6 @@ class _ServiceRenderer:
             note = _comment(f"{service.name}: port {port.port} out of range; left out")
             return _PortPart(proto, port.port, (note,), False, None, "", "", (), (), None)
         notes: list[str] = []
-        readable = f"{service.name}/{proto}/{port.name or port.port}"
-        # "<hash8>-<readable>": the hash keeps names unique when the readable part is cut short
-        digest = hashlib.sha256(f"{service.name}|{port.protocol}|{port.port}".encode()).hexdigest()[:8]
-        prefix = f"{digest}-{_UNSAFE.sub('_', readable)[:_READABLE]}"
         node_port = port.node_port if service.type in ("NodePort", "LoadBalancer") else None
         if node_port is not None and not 0 < node_port < 65536:
             notes.append(_comment(f"{service.name}: nodePort {node_port} out of range; left out"))
@@ -389,21 +405,29 @@ class _ServiceRenderer:
         timeout = max(1, service.affinity_timeout_seconds)
         usable, endpoint_notes = self.usable(port, endpoints)
         notes += endpoint_notes
+        dispatch = self.options.dispatch
+        if dispatch == "map" and usable and not affinity and service.external_traffic_policy == "Cluster":
+            # no chains (so no chain names to make): only each endpoint's address and port, as map data
+            node = self.options.node_name
+            hairpin.update(
+                address for (address, _), ep in usable if not (node and ep.node and ep.node != node)
+            )
+            # "index : address . port", the map data of each endpoint after the key's head
+            targets = tuple(f"{index} : {ep.ip} . {ep.port}" for index, (_, ep) in enumerate(usable))
+            return _PortPart(
+                proto, port.port, tuple(notes), True, node_port, "", "", (), (), None,
+                served=True, pick=len(usable), targets=targets,
+            )  # fmt: skip
+        readable = f"{service.name}/{proto}/{port.name or port.port}"
+        # "<hash8>-<readable>": the hash keeps names unique when the readable part is cut short
+        digest = hashlib.sha256(f"{service.name}|{port.protocol}|{port.port}".encode()).hexdigest()[:8]
+        prefix = f"{digest}-{_UNSAFE.sub('_', readable)[:_READABLE]}"
         svc_chain, ext_chain = f"svc-{prefix}", f"ext-{prefix}"
         if not usable:
             return _PortPart(
                 proto, port.port, tuple(notes), True, node_port, svc_chain, ext_chain, (), (), None
             )
-        dispatch = self.options.dispatch
         if dispatch == "map":
-            if not affinity and service.external_traffic_policy == "Cluster":
-                # no chains: only each endpoint's address and port, as map data
-                hairpin.update(address for (address, _), _ in usable)
-                targets = tuple(f"{ep.ip} . {ep.port}" for _, ep in usable)
-                return _PortPart(
-                    proto, port.port, tuple(notes), True, node_port, svc_chain, ext_chain, (), (), None,
-                    served=True, pick=len(usable), targets=targets,
-                )  # fmt: skip
             dispatch = "inline"  # what the shared chains cannot express gets chains of its own
         eps = self.endpoint_list(port, usable, prefix, affinity, timeout)
         sets: list[NftObject] = []
@@ -414,7 +438,8 @@ class _ServiceRenderer:
                 text = f"\tset {ep.affinity_set} {{\n" + "".join(f"\t\t{line}\n" for line in body) + "\t}\n"
                 sets.append(NftObject("set", ep.affinity_set, body, text=text))
             if dispatch == "inline":
-                hairpin.add(ep.address)
+                if ep.maybe_local:
+                    hairpin.add(ep.address)
             else:
                 chains.append(_chain(ep.chain, (f"ip saddr {ep.ip} jump mark-for-masquerade", ep.action)))
         masquerade_all = ["jump mark-for-masquerade"] if self.options.masquerade_all else []
@@ -609,12 +634,11 @@ class NftRenderer:
         self._services = _ServiceRenderer(self.options, self._addresses)
         self._state: dict[str, _State] = {}
         self._claimants: dict[_Key, set[str]] = {}
-        self._counts: dict[tuple[str, str], int] = {}
+        self._counts: Counter[tuple[str, str]] = Counter()
         self._picks: dict[int, int] = {}
         # the serial number of the last rendering (0: none yet)
         self._serial = 0
         self._fixed = _fixed_chains(self.options)
-        self._dotted: dict[int, str] = {}
         # how many Services were rendered anew and how many reused, over this renderer's life
         self.reused = 0
         self.rendered = 0
@@ -636,18 +660,12 @@ class NftRenderer:
         return self._services.service(service, eps)
 
     def dotted(self, address: int) -> str:
-        try:
-            return self._dotted[address]
-        except KeyError:
-            # inet_ntoa: the same dotted quad as ipaddress, at a tenth of the cost
-            text = self._dotted[address] = socket.inet_ntoa(address.to_bytes(4, "big"))
-            return text
+        return self._addresses.dotted(address)
 
     def render(self, routing: RoutingTable, endpoints: EndpointTable) -> RenderedNftables:
         if len(self._addresses) > 1_000_000:
             # addresses of pods long gone: start over rather than grow without bound
             self._addresses.clear()
-            self._dotted.clear()
         parts: dict[str, _ServicePart] = {}
         for service in sorted(routing.services, key=lambda s: s.name):
             if not (service.headless or service.type == "ExternalName"):
@@ -717,13 +735,14 @@ class NftRenderer:
 
         def give_targets(target: str, head: str, targets: tuple[str, ...]) -> None:
             # the endpoint maps are written in group order (no sort keys): one pass, no global sort
-            elements.extend((target, f"{head}{index} : {data}") for index, data in enumerate(targets))
+            elements.extend([(target, head + data) for data in targets])
             order.extend([_UNORDERED] * len(targets))
 
         for ip in part.cluster_ips:
             give("cluster-ips", (ip, 0, "", 0, ""), dotted(ip))
         for ip in part.hairpin:
-            give("hairpin-endpoints", (ip, 0, "", 0, ""), f"{dotted(ip)} . {dotted(ip)}")
+            text = dotted(ip)
+            give("hairpin-endpoints", (ip, 0, "", 0, ""), f"{text} . {text}")
         sets: list[NftObject] = []
         chains: list[NftObject] = []
         used: set[_Key] = set()
@@ -891,7 +910,7 @@ class _Delta:
     """Counts how many groups give each element (and use each pick-N), in place, and notes which
     elements appeared (count from 0) or vanished (count to 0) in this render."""
 
-    def __init__(self, counts: dict[tuple[str, str], int], picks: dict[int, int]) -> None:
+    def __init__(self, counts: Counter[tuple[str, str]], picks: dict[int, int]) -> None:
         self.counts = counts
         self.picks = picks
         self.appeared: set[tuple[str, str]] = set()
@@ -900,6 +919,9 @@ class _Delta:
         self.changed: set[str] = set()
 
     def count(self, state: _State, sign: int) -> None:
+        if sign == 1:
+            self._add(state)
+            return
         counts = self.counts
         for element in state.group.elements:
             before = counts.get(element, 0)
@@ -919,6 +941,25 @@ class _Delta:
                     self.appeared.discard(element)
                 else:
                     self.vanished.add(element)
+        self._pick(state, sign)
+
+    def _add(self, state: _State) -> None:
+        """``count(state, 1)`` with Counter.update, which runs in C: a first render counts 242,000
+        elements at 10,000 Services."""
+        elements = state.group.elements
+        counts = self.counts
+        # (not set.difference(counts): with a dict subclass that copies all of counts each time)
+        fresh = {element for element in elements if element not in counts}
+        self.counts.update(elements)
+        if self.vanished and not fresh.isdisjoint(self.vanished):
+            # back within this render (a group rebuilt gives it again): no change after all
+            back = fresh & self.vanished
+            self.vanished -= back
+            fresh -= back
+        self.appeared |= fresh
+        self._pick(state, 1)
+
+    def _pick(self, state: _State, sign: int) -> None:
         for count in state.picks:
             left = self.picks.get(count, 0) + sign
             if left:

@@ -24,7 +24,8 @@ import queue
 import socket
 import struct
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import repeat
 
 from kubegate.planes.render import nftlink
 
@@ -149,10 +150,10 @@ def _verdict(text: str, what: str) -> bytes:
     return _attr(NFTA_DATA_VERDICT | NLA_F_NESTED, verdict)
 
 
-def encoder(declaration: str, set_name: str, *, fast: bool = True) -> Callable[[str], bytes] | None:
+def encoder(declaration: str, set_name: str) -> Callable[[str], bytes] | None:
     """A function from an element's text (``10.96.0.1 . tcp . 80 : goto pick-10``) to its NFTA_LIST_ELEM
-    attribute for a set declared ``declaration``; None when the declaration is not understood. ``fast``
-    takes the unrolled encoder where there is one (the tests compare the two)."""
+    attribute for a set declared ``declaration``; None when the declaration is not understood. It is the
+    reference for ``encode_many`` and what names a malformed element."""
     found = layout(declaration)
     if found is None:
         return None
@@ -172,71 +173,88 @@ def encoder(declaration: str, set_name: str, *, fast: bool = True) -> Callable[[
             body += _attr(NFTA_SET_ELEM_DATA | NLA_F_NESTED, data)
         return _attr(NFTA_LIST_ELEM | NLA_F_NESTED, body)
 
-    return (_fast(key_kinds, data_kinds, set_name) if fast else None) or encode
+    return encode
 
 
-def _fast(
-    key_kinds: tuple[str, ...], data_kinds: tuple[str, ...], set_name: str
-) -> Callable[[str], bytes] | None:
-    """Hand-unrolled encoders for the two element shapes that come by the hundred thousand (endpoint
-    maps and the hairpin set); the general encoder above is the reference for their bytes."""
-    inet_pton, af_inet, protocols = socket.inet_pton, socket.AF_INET, _PROTOCOLS
-    if key_kinds == ("ip", "proto", "port", "int") and data_kinds == ("ip", "port"):
-        # LIST_ELEM(44) { KEY(24) { VALUE(20) ip proto port index }, DATA(16) { VALUE(12) ip port } }
-        pack = struct.Struct("=HHHHHH4sB3xH2xIHHHH4sH2x").pack
-        head = (44, NFTA_LIST_ELEM | NLA_F_NESTED, 24, NFTA_SET_ELEM_KEY | NLA_F_NESTED, 20, NFTA_DATA_VALUE)
-        tail = (16, NFTA_SET_ELEM_DATA | NLA_F_NESTED, 12, NFTA_DATA_VALUE)
-        htons = socket.htons
+# how each field kind is packed (network order is what htons gives, packed in host order)
+_PACKING = {"ip": "4s", "proto": "B3x", "port": "H2x", "int": "I"}
+_SIZES = {"ip": 4, "proto": 4, "port": 4, "int": 4}
+_PROTOCOL_NUMBERS = {**{str(number): number for number in range(256)}, **_PROTOCOLS}
 
-        def endpoint(element: str) -> bytes:
-            try:
-                key, data = element.split(" : ")
-                ip, proto, port, index = key.split(" . ")
-                to_ip, to_port = data.split(" . ")
-                return pack(
-                    *head, inet_pton(af_inet, ip), protocols[proto], htons(int(port)), int(index),
-                    *tail, inet_pton(af_inet, to_ip), htons(int(to_port)),
-                )  # fmt: skip
-            except (ValueError, KeyError, OSError, OverflowError, struct.error):
-                raise ElementError(
-                    f"set {set_name}, element {element!r}: not 'IP . PROTO . PORT . N : IP . PORT'"
-                ) from None
 
-        return endpoint
-    if key_kinds == ("proto", "port", "int") and data_kinds == ("ip", "port"):
-        pack = struct.Struct("=HHHHHHB3xH2xIHHHH4sH2x").pack
-        head = (40, NFTA_LIST_ELEM | NLA_F_NESTED, 20, NFTA_SET_ELEM_KEY | NLA_F_NESTED, 16, NFTA_DATA_VALUE)
-        tail = (16, NFTA_SET_ELEM_DATA | NLA_F_NESTED, 12, NFTA_DATA_VALUE)
-        htons = socket.htons
+def _column(kind: str, texts: list[str]) -> Iterator[object]:
+    if kind == "ip":
+        return map(socket.inet_pton, repeat(socket.AF_INET), texts)
+    if kind == "proto":
+        return map(_PROTOCOL_NUMBERS.__getitem__, texts)
+    if kind == "port":
+        # htons refuses what is not 0-65535 (OverflowError)
+        return map(socket.htons, map(int, texts))
+    return map(int, texts)
 
-        def nodeport_endpoint(element: str) -> bytes:
-            try:
-                key, data = element.split(" : ")
-                proto, port, index = key.split(" . ")
-                to_ip, to_port = data.split(" . ")
-                return pack(
-                    *head, protocols[proto], htons(int(port)), int(index),
-                    *tail, inet_pton(af_inet, to_ip), htons(int(to_port)),
-                )  # fmt: skip
-            except (ValueError, KeyError, OSError, OverflowError, struct.error):
-                raise ElementError(
-                    f"set {set_name}, element {element!r}: not 'PROTO . PORT . N : IP . PORT'"
-                ) from None
 
-        return nodeport_endpoint
-    if key_kinds == ("ip", "ip") and not data_kinds:
-        pack = struct.Struct("=HHHHHH4s4s").pack
-        head = (20, NFTA_LIST_ELEM | NLA_F_NESTED, 16, NFTA_SET_ELEM_KEY | NLA_F_NESTED, 12, NFTA_DATA_VALUE)
+def encode_many(declaration: str, set_name: str, elements: Sequence[str]) -> list[bytes]:
+    """``[encoder(declaration, set_name)(e) for e in elements]``, column by column: the texts are split
+    into fields and each column converted and packed by ``map``, so the per-element work runs in C
+    (about 1 µs an element against 4 for the loop). Anything the columns do not take (a malformed
+    element, odd spacing) goes through the reference encoder, which names what is wrong.
 
-        def pair(element: str) -> bytes:
-            try:
-                first, second = element.split(" . ")
-                return pack(*head, inet_pton(af_inet, first), inet_pton(af_inet, second))
-            except (ValueError, OSError):
-                raise ElementError(f"set {set_name}, element {element!r}: not 'IP . IP'") from None
+    Raises ElementError; ValueError when the declaration is not understood.
+    """
+    found = layout(declaration)
+    reference = encoder(declaration, set_name)
+    if found is None or reference is None:
+        raise ValueError(f"set {set_name}: cannot encode elements of {declaration!r}")
+    if not elements:
+        return []
+    try:
+        return _columns(found, elements)
+    except (ValueError, KeyError, OSError, OverflowError, struct.error):
+        return [reference(element) for element in elements]
 
-        return pair
-    return None
+
+def _columns(found: tuple[tuple[str, ...], tuple[str, ...]], elements: Sequence[str]) -> list[bytes]:
+    key_kinds, data_kinds = found
+    verdicts = data_kinds == ("verdict",)
+    values = key_kinds + (() if verdicts else data_kinds)
+    width = len(key_kinds) + len(data_kinds)
+    # one split for all: " : " and the line breaks between elements become field separators too (names
+    # and verdicts hold no " . ": chain names have no spaces)
+    fields = "\n".join(elements).replace(" : ", " . ").replace("\n", " . ").split(" . ")
+    if len(fields) != width * len(elements):
+        raise ValueError("not the declaration's number of fields")
+    columns = [_column(kind, fields[index::width]) for index, kind in enumerate(values)]
+    key_size = sum(_SIZES[kind] for kind in key_kinds)
+    key_format = "".join(_PACKING[kind] for kind in key_kinds)
+    # KEY { VALUE key }
+    key_head = (8 + key_size, NFTA_SET_ELEM_KEY | NLA_F_NESTED, 4 + key_size, NFTA_DATA_VALUE)
+    if not verdicts:
+        # LIST_ELEM { KEY { VALUE key }, DATA { VALUE data } }: fixed size, one pack per element
+        data_size = sum(_SIZES[kind] for kind in data_kinds)
+        data_head: tuple[int, ...] = ()
+        if data_kinds:
+            data_head = (8 + data_size, NFTA_SET_ELEM_DATA | NLA_F_NESTED, 4 + data_size, NFTA_DATA_VALUE)
+        size = 4 + key_head[0] + (data_head[0] if data_head else 0)
+        layout_format = "=HH" + "HHHH" + key_format
+        if data_kinds:
+            layout_format += "HHHH" + "".join(_PACKING[kind] for kind in data_kinds)
+        pack = struct.Struct(layout_format).pack
+        key_columns, data_columns = columns[: len(key_kinds)], columns[len(key_kinds) :]
+        constants = [repeat(value) for value in (size, NFTA_LIST_ELEM | NLA_F_NESTED, *key_head)]
+        data_constants = [repeat(value) for value in data_head]
+        return list(map(pack, *constants, *key_columns, *data_constants, *data_columns))
+    # a verdict's DATA attribute is as long as its chain's name: pack the key, wrap per distinct verdict
+    pack_key = struct.Struct("=HHHH" + key_format).pack
+    keys = map(pack_key, *(repeat(value) for value in key_head), *columns)
+    wrapped: dict[str, tuple[bytes, bytes]] = {}
+    texts = fields[width - 1 :: width]
+    for text in set(texts):
+        data = _attr(NFTA_SET_ELEM_DATA | NLA_F_NESTED, _verdict(text, "verdict"))
+        head = _ATTR.pack(4 + 8 + key_size + len(data), NFTA_LIST_ELEM | NLA_F_NESTED)
+        wrapped[text] = (head, data)
+    return [
+        head + key + data for (head, data), key in zip(map(wrapped.__getitem__, texts), keys, strict=True)
+    ]
 
 
 def _message(kind: int, flags: int, family: int, seq: int, attributes: bytes, *, res_id: int = 0) -> bytes:
@@ -284,18 +302,18 @@ def send(payload: bytes, acks: int, netns: str | None = None, timeout: float = 3
 def load(
     family: str,
     table: str,
-    sets: Iterable[tuple[str, Callable[[str], bytes], Sequence[str]]],
+    sets: Iterable[tuple[str, str, Sequence[str]]],
     netns: str | None = None,
     per_transaction: int = 25_000,
 ) -> None:
-    """Encode and add the elements of each (set name, encoder, element texts) in transactions of about
+    """Encode and add the elements of each (set name, declaration, element texts) in transactions of about
     ``per_transaction`` elements. A worker thread hands each transaction to the kernel (which inserts the
     elements while the syscall runs, without the GIL) as this thread encodes the next: on two cores the
     encoding and the kernel's work overlap. Several transactions, so a refusal leaves the earlier ones
     committed: only for a table outside the packet path, which the caller deletes on failure.
 
-    Raises ElementError for an element that does not fit its set, nftlink.NetlinkError when the kernel
-    refuses.
+    Raises ElementError for an element that does not fit its set, ValueError for a declaration this
+    module does not understand (``layout``), nftlink.NetlinkError when the kernel refuses.
     """
     outbox: queue.Queue[tuple[bytes, int] | None] = queue.Queue(maxsize=2)
     failures: list[BaseException] = []
@@ -316,9 +334,9 @@ def load(
     try:
         pending: list[tuple[str, list[bytes]]] = []
         count = 0
-        for name, encode, elements in sets:
+        for name, declaration, elements in sets:
             for start in range(0, len(elements), per_transaction):
-                chunk = [encode(element) for element in elements[start : start + per_transaction]]
+                chunk = encode_many(declaration, name, elements[start : start + per_transaction])
                 pending.append((name, chunk))
                 count += len(chunk)
                 if count >= per_transaction:
