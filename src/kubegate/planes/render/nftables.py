@@ -409,11 +409,12 @@ class _ServiceRenderer:
         if dispatch == "map" and usable and not affinity and service.external_traffic_policy == "Cluster":
             # no chains (so no chain names to make): only each endpoint's address and port, as map data
             node = self.options.node_name
-            hairpin.update(
-                address for (address, _), ep in usable if not (node and ep.node and ep.node != node)
-            )
             # "index : address . port", the map data of each endpoint after the key's head
             targets = tuple(f"{index} : {ep.ip} . {ep.port}" for index, (_, ep) in enumerate(usable))
+            if node:
+                hairpin.update(address for (address, _), ep in usable if not ep.node or ep.node == node)
+            else:
+                hairpin.update(address for (address, _), _ in usable)
             return _PortPart(
                 proto, port.port, tuple(notes), True, node_port, "", "", (), (), None,
                 served=True, pick=len(usable), targets=targets,
@@ -735,7 +736,7 @@ class NftRenderer:
 
         def give_targets(target: str, head: str, targets: tuple[str, ...]) -> None:
             # the endpoint maps are written in group order (no sort keys): one pass, no global sort
-            elements.extend([(target, head + data) for data in targets])
+            elements.extend(zip(itertools.repeat(target), map(head.__add__, targets)))
             order.extend([_UNORDERED] * len(targets))
 
         for ip in part.cluster_ips:
