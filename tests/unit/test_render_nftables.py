@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import re
@@ -12,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from kubegate.ir.model import Endpoint, EndpointTable, L4Port, L4Service, RoutingTable
-from kubegate.planes.render.nftables import MAX_NAME, NftOptions, RenderOptionsError, render_nftables
+from kubegate.planes.render.nftables import (
+    MAX_NAME,
+    NftOptions,
+    NftRenderer,
+    RenderOptionsError,
+    render_nftables,
+)
 
 
 def web(**overrides: object) -> L4Service:
@@ -406,3 +413,24 @@ def test_nft_accepts_the_ruleset(text: str, tmp_path: Path) -> None:
         ["nft", "-c", "-f", str(path)], check=False, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_rendering_pauses_the_cycle_collector_only_while_it_runs() -> None:
+    routing, endpoints = many_services(3, 2)
+    assert gc.isenabled()
+    NftRenderer(NftOptions()).render(routing, endpoints)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        NftRenderer(NftOptions()).render(routing, endpoints)
+        assert not gc.isenabled()  # a caller's choice is left as it was
+    finally:
+        gc.enable()
+
+
+def test_a_first_render_with_one_bad_address_among_many_still_parses_every_good_one() -> None:
+    # the bulk parse of a first render gives up on the whole batch; each address is then parsed alone
+    bad = eps(("10.244.1.5", "node-a"), ("fd00::5", "node-a"), ("not-an-ip", "node-a"))
+    text = render(web(), endpoints=bad, dispatch="map")
+    assert "10.244.1.5 . 8080" in text
+    assert "IPv6 endpoint fd00::5 left out" in text and "'not-an-ip' is not an IP address" in text

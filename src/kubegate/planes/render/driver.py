@@ -56,6 +56,14 @@ class NftDriver:
     only the Services whose group changed are compared) and fall back to a full replace when the diff
     declines or the kernel refuses it.
 
+    A first load (no table of ours in the kernel yet: the agent's start, or after someone deleted it) of
+    a rendering is staged (``_load_staged``): the table without its base chains, then the shared sets'
+    elements over netlink, then the base chains in one transaction. A table without base chains sees no
+    packet, so until the last step nothing differs from no table at all, and after it the kernel holds
+    what one ``nft -f`` of the text would have loaded (the netns tests compare the listings); at 10,000
+    Services x 10 endpoints it takes a quarter of nft's time. A table that is already there is replaced by
+    one ``nft -f`` of the text, so the old rules serve until the new ones do.
+
     No separate ``nft -c`` before a load: one ``nft -f`` file is one netlink transaction, which the kernel
     either commits whole or aborts with nothing changed, so the load is its own validation (and a check
     first doubled the cost: 4.5 s more at 10,000 Services). ``validate`` stays for callers that only check.
