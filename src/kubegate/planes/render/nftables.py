@@ -68,7 +68,6 @@ import ipaddress
 import itertools
 import re
 import socket
-import struct
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -244,20 +243,6 @@ class _Addresses:
     def clear(self) -> None:
         self._cache.clear()
         self._dotted.clear()
-
-    def learn(self, texts: Iterable[str]) -> None:
-        """Parse the addresses among ``texts`` not seen before in one go: ``map`` runs the per-address
-        work in C (a first render meets 100,000 endpoint addresses at 10,000 Services). When one of them
-        is not a dotted quad, all are left for ``v4`` to classify one by one."""
-        cache = self._cache
-        new = [text for text in set(texts) if text not in cache]
-        try:
-            packed = list(map(socket.inet_pton, itertools.repeat(socket.AF_INET), new))
-        except OSError:
-            return
-        values = struct.unpack(f"!{len(packed)}I", b"".join(packed))
-        cache.update(zip(new, values, strict=True))
-        self._dotted.update(zip(values, new, strict=True))
 
     def v4(self, text: str) -> int | str | None:
         """The IPv4 address as an int; None for IPv6; the text itself when it is no address."""
@@ -702,10 +687,6 @@ class NftRenderer:
         if len(self._addresses) > 1_000_000:
             # addresses of pods long gone: start over rather than grow without bound
             self._addresses.clear()
-        if not self._state:
-            # a first render parses every endpoint address: in bulk (later renders parse a few, and a
-            # pass over all endpoints would cost them more than it saves)
-            self._addresses.learn([ep.ip for eps in endpoints.clusters.values() for ep in eps])
         parts: dict[str, _ServicePart] = {}
         for service in sorted(routing.services, key=lambda s: s.name):
             if not (service.headless or service.type == "ExternalName"):
@@ -938,7 +919,7 @@ class NftRenderer:
             groups={name: entry.group for name, entry in state.items()},
             serial=next(_SERIALS),
             base=base,
-            appeared=frozenset(delta.appeared),
+            appeared=delta.all_appeared(),
             vanished=frozenset(delta.vanished),
             changed=frozenset(delta.changed),
             replace=options.replace,
@@ -953,6 +934,9 @@ class _Delta:
     def __init__(self, counts: Counter[tuple[str, str]], picks: dict[int, int]) -> None:
         self.counts = counts
         self.picks = picks
+        # nothing counted yet (a first render): every element counted appears, so ``_add`` only counts
+        # and ``all_appeared`` takes them from the counts at the end
+        self.first = not counts
         self.appeared: set[tuple[str, str]] = set()
         self.vanished: set[tuple[str, str]] = set()
         # the Services whose group is not the previous rendering's (new, rebuilt or removed)
@@ -988,6 +972,10 @@ class _Delta:
         elements at 10,000 Services."""
         elements = state.group.elements
         counts = self.counts
+        if self.first:
+            counts.update(elements)
+            self._pick(state, 1)
+            return
         # (not set.difference(counts): with a dict subclass that copies all of counts each time)
         fresh = {element for element in elements if element not in counts}
         self.counts.update(elements)
@@ -998,6 +986,9 @@ class _Delta:
             fresh -= back
         self.appeared |= fresh
         self._pick(state, 1)
+
+    def all_appeared(self) -> frozenset[tuple[str, str]]:
+        return frozenset(self.counts) if self.first else frozenset(self.appeared)
 
     def _pick(self, state: _State, sign: int) -> None:
         for count in state.picks:

@@ -304,7 +304,7 @@ def load(
     table: str,
     sets: Iterable[tuple[str, str, Sequence[str]]],
     netns: str | None = None,
-    per_transaction: int = 25_000,
+    per_transaction: int = 10_000,
 ) -> None:
     """Encode and add the elements of each (set name, declaration, element texts) in transactions of about
     ``per_transaction`` elements. A worker thread hands each transaction to the kernel (which inserts the
