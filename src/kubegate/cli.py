@@ -281,7 +281,9 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("paths", nargs="+", metavar="PATH", help="manifest file or directory, or - for stdin")
     add_translate_arguments(render)
     render.add_argument(
-        "--node-name", default="", help="node this ruleset is for (externalTrafficPolicy Local)"
+        "--node-name",
+        default="",
+        help="node this ruleset is for: externalTrafficPolicy Local, and only its endpoints need hairpin NAT",
     )
     render.add_argument(
         "--node-address",
@@ -358,7 +360,11 @@ def _parser() -> argparse.ArgumentParser:
         "paths", nargs="*", metavar="PATH", help="manifest file or directory (or --kubernetes)"
     )
     agent.add_argument("--mode", choices=("nftables",), default="nftables")
-    agent.add_argument("--node-name", default="", help="this node's name (externalTrafficPolicy Local)")
+    agent.add_argument(
+        "--node-name",
+        default="",
+        help="this node's name: externalTrafficPolicy Local, and only its endpoints need hairpin NAT",
+    )
     agent.add_argument(
         "--node-address",
         action="append",

@@ -65,8 +65,19 @@ def test_quick_bench_completes_and_reports_every_figure() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     table = done.stdout[done.stdout.index("measure") :]
     for dispatch in ("map", "inline", "rules"):
-        for step in ("render", "validate (nft -c)", "load without -c (nft -f)", "render + apply"):
+        for step in (
+            "render",
+            "validate (nft -c)",
+            "first load (apply)",
+            "render + apply",
+            "whole text by one",
+        ):
             assert f"500 Services x 10, {dispatch}: {step}" in table
+        # the first load went the staged way: skeleton, elements over netlink, base chains
+        first_load = next(line for line in table.splitlines() if f"{dispatch}: first load" in line)
+        assert "skeleton" in first_load and "elements" in first_load and "base" in first_load, first_load
+    assert "map: render + apply, no endpoint on a named node" in table
+    assert "machine speed" in table
     # the incremental transaction loaded and took effect in every mode
     assert table.count("incremental nft -f") == 4 and "did not take effect" not in table, table
     assert "kernel rules (Gbit/s)" in table and "haproxy tcp" in table
