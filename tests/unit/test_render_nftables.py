@@ -429,7 +429,7 @@ def test_rendering_pauses_the_cycle_collector_only_while_it_runs() -> None:
 
 
 def test_a_first_render_with_one_bad_address_among_many_still_parses_every_good_one() -> None:
-    # the bulk parse of a first render gives up on the whole batch; each address is then parsed alone
+    # one bad address among good ones: each is judged on its own, the good ones all rendered
     bad = eps(("10.244.1.5", "node-a"), ("fd00::5", "node-a"), ("not-an-ip", "node-a"))
     text = render(web(), endpoints=bad, dispatch="map")
     assert "10.244.1.5 . 8080" in text
