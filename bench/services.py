@@ -22,19 +22,19 @@ haproxy); without them it says what is missing and exits 0 having measured nothi
    against haproxy ``mode tcp`` on the same path.
 
 The first row is the machine's speed at the time (a fixed Python loop): on this shared 2-core host it
-varies 0.5-1.7 s over a day, and every figure with it.
+read 0.5-1.8 s over one day, a rough guide only (the render moved far less: 1.16-1.29 s).
 
-Measured 2026-12-02 (root, nft 1.0.6, kernel 6.18; last full run, loop 0.50 s; brackets: the other
-runs of the day, loop 0.6-1.7 s, the highest ones before the last two render changes):
+Measured 2026-12-02 (root, nft 1.0.6, kernel 6.18; last full run, loop 0.50 s; brackets: other runs
+of the day, "map" first load from three more runs of the same code, loop 1.66-1.83 s):
 
     10,000 Services x 10 endpoints   map                     inline        rules        target
-    render (first, all Services)     1.16 s (1.2-1.6)        1.71 s        2.47 s
+    render (first, all Services)     1.16 s (1.21-1.29)      1.71 s        2.47 s
     first load: skeleton, elements,  18 / 558 / 16 ms        5.24 / 0.17 / 0.16 s (nft parses the rules)
       base chains
-    render + apply                   1.85 s (1.96-2.37)      7.32 s        20.1 s       < 2 s: met, "map"
-      no endpoint on a named node    2.28 s (2.57-3.20)
+    render + apply                   1.85 s (1.78-1.95)      7.32 s        20.1 s       < 2 s: met, "map"
+      no endpoint on a named node    2.28 s
       whole text by one nft -f       3.25 s (3.1-5.4)        5.44 s        16.4 s
-    one endpoint change, end to end  52 ms (52-84)           222 ms        2.05 s       < 100 ms: met, "map"
+    one endpoint change, end to end  52 ms (57-80)           222 ms        2.05 s       < 100 ms: met, "map"
       of which nft -f                19 ms                   182 ms        2.00 s
     one Service added / removed      51 / 60 ms              211 / 121 ms  1.65 / 1.59 s
     vmap at 1,000 Services: render + apply 2.07 s, one change 92 ms (nft -f 87 ms).
