@@ -66,6 +66,7 @@ import gc
 import hashlib
 import ipaddress
 import itertools
+import operator
 import re
 import socket
 from collections import Counter
@@ -84,6 +85,8 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_./-]")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 _REJECT = "goto reject-chain"
 _MISSING = object()
+_SET_NAME = operator.itemgetter(0)
+_ELEMENT = operator.itemgetter(1)
 
 
 class RenderOptionsError(ValueError):
@@ -598,15 +601,17 @@ class RenderedNftables:
         """The same table in three steps for a first load (see ``StagedNftables``)."""
         groups = self.groups.values()
         lines = self._head()
-        # hash sets have no order: each element once, as the groups give them (no sort as for the text)
-        given: dict[str, dict[str, None]] = {obj.name: {} for obj in self.shared[: self.leading]}
-        for group in groups:
-            for name, element in group.elements:
-                given[name][element] = None
+        # hash sets have no order: each (set, element) once, grouped by set, all by C-level iteration
+        # (dict.fromkeys, a stable sort on the set name, groupby) over the 142,000 pairs at 10,000 Services
+        pairs = dict.fromkeys(itertools.chain.from_iterable(group.elements for group in groups))
+        by_set = sorted(pairs, key=_SET_NAME)
+        given = {
+            name: list(map(_ELEMENT, entries)) for name, entries in itertools.groupby(by_set, key=_SET_NAME)
+        }
         elements = []
         for obj in self.shared[: self.leading]:
             lines.append(_set(obj.name, obj.body[0], [], inline=False).text)
-            elements.append((obj.name, obj.body[0], list(given[obj.name])))
+            elements.append((obj.name, obj.body[0], given.get(obj.name, [])))
         lines.extend(obj.text for group in groups for obj in group.objects if obj.kind == "set")
         fixed = self.shared[self.leading :]
         lines.extend(obj.text for obj in fixed if not obj.is_base_chain)
