@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -41,6 +42,20 @@ def require_netns() -> None:
     for tool in ("ip", "nft", "curl", "ping"):
         if shutil.which(tool) is None:
             pytest.skip(f"needs {tool} (Debian packages iproute2, nftables, curl, iputils-ping)")
+
+
+@contextlib.contextmanager
+def scratch_namespace(name: str = "") -> Iterator[str]:
+    """An empty network namespace (named ``name``, or uniquely), deleted afterwards; skips the test
+    without root, ip or nft."""
+    if os.geteuid() != 0 or shutil.which("nft") is None or shutil.which("ip") is None:
+        pytest.skip("needs root, ip and nft")
+    name = name or f"kgns{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False, timeout=10)
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -3,10 +3,7 @@ that keeps the table, and a full replace when the table was edited behind its ba
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -17,9 +14,9 @@ from hypothesis import strategies as st
 from kubegate.ir.model import Endpoint, EndpointTable, L4Port, L4Service, RoutingTable
 from kubegate.planes.render import NftOptions, nftelements, nftlink
 from kubegate.planes.render.driver import ApplyError, NftDriver
-from kubegate.planes.render.nftables import NftRenderer
+from kubegate.planes.render.nftables import NftRenderer, RenderedNftables
 from kubegate.planes.render.nftdiff import parse_table
-from tests.netns.topology import Topology, require_netns
+from tests.netns.topology import Topology, require_netns, scratch_namespace
 from tests.unit.test_render_incremental import _states as states_strategy
 
 pytestmark = pytest.mark.root
@@ -27,14 +24,23 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture
 def namespace() -> Iterator[str]:
-    if os.geteuid() != 0 or shutil.which("nft") is None or shutil.which("ip") is None:
-        pytest.skip("needs root, ip and nft")
-    name = f"kgdr{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
-    try:
+    with scratch_namespace() as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False, timeout=10)
+
+
+@pytest.fixture
+def reference(namespace: str) -> Iterator[str]:
+    """A second namespace, where a fresh driver loads what the one under test should have reached."""
+    with scratch_namespace(f"{namespace}r") as name:
+        yield name
+
+
+def _fresh_load(netns: str, ruleset: str | RenderedNftables) -> NftDriver:
+    """A new driver in ``netns`` that loaded ``ruleset`` from nothing."""
+    driver = NftDriver(netns=netns)
+    driver.remove()
+    driver.apply(ruleset)
+    return driver
 
 
 def _nft(namespace: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -74,26 +80,19 @@ def _normalised(listing: str) -> dict[tuple[str, str], tuple[tuple[str, ...], fr
 
 @pytest.mark.parametrize("dispatch", ["inline", "rules", "vmap", "map"])
 def test_renderings_apply_as_small_transactions_that_leave_what_a_full_load_would(
-    namespace: str, dispatch: str
+    namespace: str, reference: str, dispatch: str
 ) -> None:
     routing, endpoints = scale_ir(6, 3)
     options = NftOptions(dispatch=dispatch)  # type: ignore[arg-type]
     renderer = NftRenderer(options)
     driver = NftDriver(netns=namespace)
     assert driver.apply(renderer.render(routing, endpoints)) and not driver.last_incremental
-    other = f"{namespace}b"
-    subprocess.run(["ip", "netns", "add", other], check=True, timeout=10)
-    try:
-        for variant in _variants():
-            assert driver.apply(renderer.render(*variant))
-            assert driver.last_incremental, driver.last_script
-            fresh = NftDriver(netns=other)
-            fresh.remove()
-            fresh.apply(NftRenderer(options).render(*variant))
-            assert _normalised(driver.listing()) == _normalised(fresh.listing())
-        assert not driver.apply(renderer.render(routing, endpoints))  # nothing differs: nothing sent
-    finally:
-        subprocess.run(["ip", "netns", "del", other], check=False, timeout=10)
+    for variant in _variants():
+        assert driver.apply(renderer.render(*variant))
+        assert driver.last_incremental, driver.last_script
+        fresh = _fresh_load(reference, NftRenderer(options).render(*variant))
+        assert _normalised(driver.listing()) == _normalised(fresh.listing())
+    assert not driver.apply(renderer.render(routing, endpoints))  # nothing differs: nothing sent
 
 
 def test_a_refused_ruleset_leaves_the_table_and_names_nfts_complaint(namespace: str) -> None:
@@ -204,9 +203,9 @@ def test_periodic_check_lists_only_when_something_was_committed_and_repairs_an_e
 
 
 @pytest.mark.parametrize("dispatch", ["inline", "vmap", "map"])
-def test_random_sequences_of_renderings_leave_what_a_full_load_would(namespace: str, dispatch: str) -> None:
-    other = f"{namespace}r"
-    subprocess.run(["ip", "netns", "add", other], check=True, timeout=10)
+def test_random_sequences_of_renderings_leave_what_a_full_load_would(
+    namespace: str, reference: str, dispatch: str
+) -> None:
     options = NftOptions(dispatch=dispatch, node_name="node-a")  # type: ignore[arg-type]
 
     @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -219,17 +218,12 @@ def test_random_sequences_of_renderings_leave_what_a_full_load_would(namespace: 
         for state in states[1:]:
             rendering = renderer.render(*state)
             driver.apply(rendering)
-            fresh = NftDriver(netns=other)
-            fresh.remove()
-            fresh.apply(rendering.text())
+            fresh = _fresh_load(reference, rendering.text())
             assert _normalised(driver.listing()) == _normalised(fresh.listing()), driver.last_script
         # every step went by the small transaction: none was refused and replaced in full
         assert driver.incremental_applies == driver.applies - 1
 
-    try:
-        check()
-    finally:
-        subprocess.run(["ip", "netns", "del", other], check=False, timeout=10)
+    check()
 
 
 def test_a_rendering_skipped_between_two_applies_makes_the_next_one_a_full_load(namespace: str) -> None:
@@ -246,31 +240,22 @@ def test_a_rendering_skipped_between_two_applies_makes_the_next_one_a_full_load(
 
 @pytest.mark.parametrize("dispatch", ["inline", "vmap", "map"])
 def test_a_first_load_is_staged_and_leaves_what_nft_loading_the_text_would(
-    namespace: str, dispatch: str
+    namespace: str, reference: str, dispatch: str
 ) -> None:
-    other = f"{namespace}s"
-    subprocess.run(["ip", "netns", "add", other], check=True, timeout=10)
     options = NftOptions(dispatch=dispatch, node_name="node-a")  # type: ignore[arg-type]
 
     @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(state=states_strategy())
     def check(state: tuple[RoutingTable, EndpointTable]) -> None:
         rendering = NftRenderer(options).render(*state)
-        staged = NftDriver(netns=namespace)
-        staged.remove()
-        staged.apply(rendering)
+        staged = _fresh_load(namespace, rendering)
         # skeleton, then the shared elements over netlink, then the base chains
         assert list(staged.last_load_steps) == ["skeleton", "elements", "base"]
-        by_text = NftDriver(netns=other)
-        by_text.remove()
-        by_text.apply(rendering.text())
+        by_text = _fresh_load(reference, rendering.text())
         assert list(by_text.last_load_steps) == ["nft"]
         assert _normalised(staged.listing()) == _normalised(by_text.listing())
 
-    try:
-        check()
-    finally:
-        subprocess.run(["ip", "netns", "del", other], check=False, timeout=10)
+    check()
 
 
 def test_a_table_already_there_is_replaced_by_nft_in_one_transaction(namespace: str) -> None:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import struct
 import subprocess
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from kubegate.planes.render import nftlink
+from tests.netns.topology import scratch_namespace
 
 
 def _message(kind: int, seq: int, payload: bytes) -> bytes:
@@ -60,14 +59,8 @@ def test_unknown_family_is_named() -> None:
 
 @pytest.fixture
 def namespace() -> Iterator[str]:
-    if os.geteuid() != 0 or shutil.which("nft") is None or shutil.which("ip") is None:
-        pytest.skip("needs root, ip and nft")
-    name = f"kgnl{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
-    try:
+    with scratch_namespace() as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False, timeout=10)
 
 
 @pytest.mark.root
