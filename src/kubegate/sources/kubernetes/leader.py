@@ -59,6 +59,10 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+# a renewal in flight can win the first write of release(); one more is enough, three is generous
+RELEASE_ATTEMPTS = 3
+
+
 @dataclass(frozen=True, slots=True)
 class LeaseRecord:
     """What the Lease says, with absent fields as the API leaves them."""
@@ -330,17 +334,9 @@ class LeaderElector:
         observed = self._observed
         if not was_leader or observed is None or observed.holder != self.identity:
             return False
-        now = self._wall_clock()
-        spec = LeaseSpec(
-            holderIdentity="",
-            leaseDurationSeconds=1,
-            acquireTime=now,
-            renewTime=now,
-            leaseTransitions=observed.transitions,
-        )
         try:
             async with asyncio.timeout(self.renew_deadline):
-                released = await self._client.replace(self._lease(spec, observed.resource_version))
+                released = await self._write_release(observed)
         except API_FAILURES as error:
             log.warning(
                 "Lease %s/%s: cannot release, it expires in %ss instead: %s",
@@ -350,6 +346,32 @@ class LeaderElector:
                 describe_failure(error),
             )
             return False
+        if released is None:
+            return False
         self._observed = LeaseRecord.of(released)
         log.info("released Lease %s/%s", self.namespace, self.name)
         return True
+
+    async def _write_release(self, observed: LeaseRecord) -> Lease | None:
+        """Write the Lease without a holder; None when it turned out not to be ours any more. A renewal
+        that was already in flight when release() began may commit first and move the resourceVersion:
+        then the write gets 409 Conflict, and the Lease is read again and released as it now is."""
+        for _ in range(RELEASE_ATTEMPTS):
+            now = self._wall_clock()
+            spec = LeaseSpec(
+                holderIdentity="",
+                leaseDurationSeconds=1,
+                acquireTime=now,
+                renewTime=now,
+                leaseTransitions=observed.transitions,
+            )
+            try:
+                return await self._client.replace(self._lease(spec, observed.resource_version))
+            except API_FAILURES as error:
+                if status_code(error) != 409:
+                    raise
+                conflict = error
+            observed = LeaseRecord.of(await self._client.get(Lease, self.name, namespace=self.namespace))
+            if observed.holder != self.identity:
+                return None
+        raise conflict
