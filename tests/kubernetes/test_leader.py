@@ -207,6 +207,39 @@ async def test_release_after_the_lease_changed_hands_behind_it_leaves_the_new_ho
         assert lease(api)["spec"]["holderIdentity"] == "replica-b"
 
 
+class ReleasingOnRead:
+    """The leader's client, except that one GET of the Lease first lets release() run to the end: a
+    renewal round whose read was in flight while the replica released."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+        self.elector: LeaderElector | None = None
+        self.armed = False
+
+    async def get(self, *args: Any, **kwargs: Any) -> Any:
+        if self.armed and self.elector is not None:
+            self.armed = False
+            assert await self.elector.release()
+        return await self._client.get(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+async def test_a_round_in_flight_during_release_does_not_take_the_lease_back(
+    api: FakeApiServer, clients: list[AsyncClient]
+) -> None:
+    client = ReleasingOnRead(clients[0])
+    first = make(client, "replica-a", lease_duration=50.0, renew_deadline=40.0, retry_period=30.0)  # type: ignore[arg-type]
+    client.elector = first
+    async with running(first):
+        await within(2, first.leading.wait())
+        client.armed = True
+        # the round reads the Lease just released (no holder): it must not write itself back in
+        assert not await first.try_acquire_or_renew(timeout=5.0)
+        assert lease(api)["spec"]["holderIdentity"] == ""
+
+
 async def test_release_when_not_leading_leaves_the_lease_alone(
     api: FakeApiServer, clients: list[AsyncClient]
 ) -> None:

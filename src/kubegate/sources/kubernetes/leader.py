@@ -281,6 +281,10 @@ class LeaderElector:
         self._observe(record)
         if record.holder and record.holder != self.identity and not self._expired(record, now):
             return None
+        if self._released:
+            # release() ran while the read was in flight and may have cleared the holder: taking the
+            # Lease again now would make the next leader wait out a whole lease duration
+            return None
         spec = self._new_spec(record, now)
         replaced = await self._client.replace(self._lease(spec, record.resource_version))
         return LeaseRecord.of(replaced)
