@@ -73,6 +73,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.netns.topology import Topology, sh
@@ -169,6 +171,30 @@ def one_endpoint_changed(endpoints: EndpointTable) -> EndpointTable:
     first = clusters["c0"]
     clusters["c0"] = (Endpoint(ip="10.250.0.1", port=8080), *first[1:])
     return EndpointTable(clusters=clusters)
+
+
+def change_sequence(
+    services: int, endpoints_each: int, kept: int
+) -> list[tuple[RoutingTable, EndpointTable]]:
+    """A small cluster and the changes an agent meets, one after another (the tests load each both
+    incrementally and afresh): endpoint changed, removed, added; Services cut to ``kept`` and back;
+    ClientIP affinity on the first Service and off again. The first entry is the starting state."""
+    routing, endpoints = scale_ir(services, endpoints_each)
+    sticky = msgspec.structs.replace(routing.services[0], session_affinity="ClientIP")
+    fewer = dict(endpoints.clusters)
+    fewer["c1"] = fewer["c1"][:2]
+    more = dict(endpoints.clusters)
+    more["c2"] = (*more["c2"], Endpoint(ip="10.250.0.9", port=8080))
+    return [
+        (routing, endpoints),
+        (routing, one_endpoint_changed(endpoints)),  # endpoint changed
+        (routing, EndpointTable(clusters=fewer)),  # endpoint removed
+        (routing, EndpointTable(clusters=more)),  # endpoint added
+        (RoutingTable(services=routing.services[:kept]), endpoints),  # Services removed
+        (routing, endpoints),  # added back
+        (RoutingTable(services=(sticky, *routing.services[1:])), endpoints),  # affinity on
+        (routing, endpoints),  # affinity off
+    ]
 
 
 # -- incremental update: what a diffing driver would send ----------------------------------------------

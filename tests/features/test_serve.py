@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -242,6 +243,21 @@ async def test_https_listener_serves_ingress_tls_from_a_secret(tmp_path: Path) -
             assert location.startswith("https://foo.bar.com") and location.endswith("/foo?x=1")
 
 
+def _l4_config(path: Path, **changes: Any) -> ServeConfig:
+    """Serve ``path`` on loopback, nodePorts and LoadBalancer IPs on 127.0.0.1, no TLS or admin listener."""
+    settings: dict[str, Any] = {"options": Options(), **changes}
+    return ServeConfig(
+        paths=(str(path),),
+        listen=("127.0.0.1", 0),
+        tls_listen=None,
+        admin_listen=None,
+        node_address="127.0.0.1",
+        access_log=None,
+        drain_seconds=1.0,
+        **settings,
+    )
+
+
 async def test_a_loadbalancer_service_answers_on_its_external_ip_and_nodeport(tmp_path: Path) -> None:
     lb_pool = "127.0.123.0/24"
     with socket.socket() as probe:
@@ -253,15 +269,8 @@ async def test_a_loadbalancer_service_answers_on_its_external_ip_and_nodeport(tm
             .replace("spec:\n", "spec:\n  type: LoadBalancer\n", 1)
             .replace("port: 80}", f"port: {service_port}}}", 1)
         )
-        config = ServeConfig(
-            paths=(str(tmp_path),),
-            options=Options(pools=(Pool(name="test", addresses=(lb_pool,), avoid_buggy_ips=True),)),
-            listen=("127.0.0.1", 0),
-            tls_listen=None,
-            admin_listen=None,
-            node_address="127.0.0.1",
-            access_log=None,
-            drain_seconds=1.0,
+        config = _l4_config(
+            tmp_path, options=Options(pools=(Pool(name="test", addresses=(lb_pool,), avoid_buggy_ips=True),))
         )
         gw = Gateway(config)
         await gw.start()
@@ -290,17 +299,7 @@ async def test_an_address_this_machine_lacks_is_reported_once_not_on_every_reloa
     (tmp_path / "svc.yaml").write_text(
         SERVICE.format(name="ext", port=9).replace("spec:\n", "spec:\n  externalIPs: [192.0.2.10]\n", 1)
     )
-    config = ServeConfig(
-        paths=(str(tmp_path),),
-        options=Options(),
-        listen=("127.0.0.1", 0),
-        tls_listen=None,
-        admin_listen=None,
-        node_address="127.0.0.1",
-        access_log=None,
-        drain_seconds=1.0,
-        watch=False,
-    )
+    config = _l4_config(tmp_path, watch=False)
     caplog.set_level(logging.ERROR, logger="kubegate")
     gw = Gateway(config)
     await gw.start()

@@ -179,32 +179,28 @@ async def test_release_hands_over_at_once(api: FakeApiServer, clients: list[Asyn
     assert spec["leaseTransitions"] == 1
 
 
-async def test_release_after_a_renewal_committed_behind_it_still_hands_over(
-    api: FakeApiServer, clients: list[AsyncClient]
-) -> None:
-    # seen in CI: release() began while a renewal's PUT was in flight; the renewal committed first, so
-    # the release carried a stale resourceVersion and got 409 Conflict
-    first = make(clients[0], "replica-a", lease_duration=50.0, renew_deadline=40.0, retry_period=30.0)
-    async with running(first):
-        await within(2, first.leading.wait())
-        renewed = lease(api)
-        renewed["spec"]["renewTime"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        api.replace(renewed)  # the in-flight renewal lands: same holder, new resourceVersion
-        assert await first.release()
-        assert lease(api)["spec"]["holderIdentity"] == ""
-
-
-async def test_release_after_the_lease_changed_hands_behind_it_leaves_the_new_holder(
-    api: FakeApiServer, clients: list[AsyncClient]
+@pytest.mark.parametrize(
+    ("written_holder", "released", "holder_after"),
+    [
+        # seen in CI: release() began while a renewal's PUT was in flight; the renewal committed first,
+        # so the release carried a stale resourceVersion and got 409 Conflict: it must still hand over
+        pytest.param("replica-a", True, "", id="renewal-committed-first"),
+        # our renewals stalled past the lease and another replica took it: leave the new holder alone
+        pytest.param("replica-b", False, "replica-b", id="changed-hands"),
+    ],
+)
+async def test_release_after_the_lease_was_written_behind_it(
+    api: FakeApiServer, clients: list[AsyncClient], written_holder: str, released: bool, holder_after: str
 ) -> None:
     first = make(clients[0], "replica-a", lease_duration=50.0, renew_deadline=40.0, retry_period=30.0)
     async with running(first):
         await within(2, first.leading.wait())
-        taken = lease(api)
-        taken["spec"]["holderIdentity"] = "replica-b"
-        api.replace(taken)  # e.g. our renewals stalled past the lease and another replica took it
-        assert not await first.release()
-        assert lease(api)["spec"]["holderIdentity"] == "replica-b"
+        behind = lease(api)
+        behind["spec"]["holderIdentity"] = written_holder
+        behind["spec"]["renewTime"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        api.replace(behind)  # a new resourceVersion that the elector has not seen
+        assert await first.release() is released
+        assert lease(api)["spec"]["holderIdentity"] == holder_after
 
 
 class ReleasingOnRead:

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bench.services import one_endpoint_changed, scale_ir
+from bench.services import change_sequence
 
-from kubegate.ir.model import Endpoint, EndpointTable, L4Service, RoutingTable
+from kubegate.ir.model import EndpointTable, RoutingTable
 from kubegate.pipeline import load_and_translate
 from kubegate.planes.render import NftOptions, render_nftables
 from kubegate.planes.render.driver import ApplyError, NftDriver
@@ -157,29 +157,7 @@ def _normalised(listing: str) -> dict[tuple[str, str], tuple[tuple[str, ...], fr
 
 
 def _variants() -> list[tuple[RoutingTable, EndpointTable]]:
-    routing, endpoints = scale_ir(4, 3)
-    first = routing.services[0]
-    sticky = L4Service(
-        name=first.name,
-        type=first.type,
-        cluster_ips=first.cluster_ips,
-        ports=first.ports,
-        session_affinity="ClientIP",
-    )
-    fewer = dict(endpoints.clusters)
-    fewer["c1"] = fewer["c1"][:2]
-    more = dict(endpoints.clusters)
-    more["c2"] = (*more["c2"], Endpoint(ip="10.250.0.9", port=8080))
-    return [
-        (routing, endpoints),
-        (routing, one_endpoint_changed(endpoints)),  # endpoint changed
-        (routing, EndpointTable(clusters=fewer)),  # endpoint removed
-        (routing, EndpointTable(clusters=more)),  # endpoint added
-        (RoutingTable(services=routing.services[:3]), endpoints),  # Service removed
-        (routing, endpoints),  # Service added back
-        (RoutingTable(services=(sticky, *routing.services[1:])), endpoints),  # affinity on
-        (routing, endpoints),  # affinity off
-    ]
+    return change_sequence(4, 3, kept=3)
 
 
 @pytest.mark.parametrize("dispatch", ["inline", "rules", "vmap"])

@@ -7,7 +7,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from bench.services import one_endpoint_changed, scale_ir
+from bench.services import change_sequence, one_endpoint_changed, scale_ir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -49,28 +49,7 @@ def _nft(namespace: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _variants() -> list[tuple[RoutingTable, EndpointTable]]:
-    routing, endpoints = scale_ir(6, 3)
-    first = routing.services[0]
-    sticky = L4Service(
-        name=first.name,
-        type=first.type,
-        cluster_ips=first.cluster_ips,
-        ports=first.ports,
-        session_affinity="ClientIP",
-    )
-    fewer = dict(endpoints.clusters)
-    fewer["c1"] = fewer["c1"][:2]
-    more = dict(endpoints.clusters)
-    more["c2"] = (*more["c2"], Endpoint(ip="10.250.0.9", port=8080))
-    return [
-        (routing, one_endpoint_changed(endpoints)),  # endpoint changed
-        (routing, EndpointTable(clusters=fewer)),  # endpoint removed
-        (routing, EndpointTable(clusters=more)),  # endpoint added
-        (RoutingTable(services=routing.services[:4]), endpoints),  # Services removed
-        (routing, endpoints),  # added back
-        (RoutingTable(services=(sticky, *routing.services[1:])), endpoints),  # affinity on
-        (routing, endpoints),  # affinity off
-    ]
+    return change_sequence(6, 3, kept=4)[1:]  # the first load is each test's own
 
 
 def _normalised(listing: str) -> dict[tuple[str, str], tuple[tuple[str, ...], frozenset[str]]]:

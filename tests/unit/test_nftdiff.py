@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from bench.services import one_endpoint_changed, scale_ir
 
-from kubegate.ir.model import L4Service, RoutingTable
+from kubegate.ir.model import RoutingTable
 from kubegate.planes.render import NftOptions, render_nftables
 from kubegate.planes.render.nftdiff import incremental
 
@@ -62,13 +63,7 @@ def test_declines_base_chain_changes_and_foreign_input() -> None:
 def test_affinity_toggle_adds_its_sets() -> None:
     routing, endpoints = scale_ir(1, 2)
     service = routing.services[0]
-    sticky = L4Service(
-        name=service.name,
-        type=service.type,
-        cluster_ips=service.cluster_ips,
-        ports=service.ports,
-        session_affinity="ClientIP",
-    )
+    sticky = msgspec.structs.replace(service, session_affinity="ClientIP")
     old = render_nftables(routing, endpoints, _options("vmap"))
     new = render_nftables(RoutingTable(services=(sticky,)), endpoints, _options("vmap"))
     script = incremental(old, new, "inet", "t")

@@ -292,13 +292,6 @@ def batch(family: str, table: str, elements: Iterable[tuple[str, Sequence[bytes]
     return b"".join(parts), seq - 2
 
 
-def send(payload: bytes, acks: int, netns: str | None = None, timeout: float = 30.0) -> None:
-    """Send one batch from ``batch`` and wait for every acknowledgement; raises nftlink.NetlinkError with
-    the kernel's reason when it refused the transaction (then nothing of it was committed)."""
-    with _connect(netns, timeout) as sock:
-        _transact(sock, payload, acks)
-
-
 def load(
     family: str,
     table: str,
